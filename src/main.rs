@@ -1,0 +1,5 @@
+//! The `ditto` command-line program.
+
+fn main() -> std::process::ExitCode {
+    ditto::cli::main()
+}

@@ -1,0 +1,230 @@
+//! Batched generation over the KV cache: many prompts of different lengths, `n`
+//! samples each, greedy / temperature / top-k / top-p sampling with per-sample seeds,
+//! per-sequence stop tokens and a finish reason for every sample.
+
+mod sampler;
+
+pub use sampler::Sampler;
+
+use crate::model::Model;
+use crate::model::transformer::{KvCache, Logits, Workspace};
+use anyhow::{Result, bail};
+use serde::Serialize;
+
+/// How to pick tokens and when to stop.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy (argmax).
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Nucleus sampling: smallest set with probability ≥ `top_p` (1 = off).
+    pub top_p: f32,
+    pub max_new_tokens: usize,
+    /// Stop tokens are suppressed until this many tokens exist (as Hugging Face does).
+    pub min_new_tokens: usize,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens: 256,
+            min_new_tokens: 0,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// A stop token was produced (it is the last id of the sample).
+    Stop,
+    /// `max_new_tokens` was reached.
+    Length,
+}
+
+/// One generated continuation.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Sample {
+    pub prompt_index: usize,
+    pub sample_index: usize,
+    /// New token ids; ends with the stop token when `finish` is `Stop`.
+    pub ids: Vec<u32>,
+    pub finish: FinishReason,
+}
+
+/// Seed of sample `j` of prompt `i`: independent of batching, so a prompt sampled
+/// alone or in a batch gives the same tokens.
+pub fn sample_seed(seed: u64, prompt_index: usize, sample_index: usize) -> u64 {
+    let mut z = seed
+        ^ (prompt_index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (sample_index as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    // splitmix64 finalizer
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Options of a generation call besides sampling.
+pub struct GenerateOptions<'a> {
+    /// Samples per prompt.
+    pub n: usize,
+    /// Most sequences decoded together.
+    pub max_batch: usize,
+    /// Prompt index offset used for seeding (so callers can split work).
+    pub first_prompt_index: usize,
+    /// Called with (sequence index in the output, token id) as tokens are produced.
+    pub on_token: Option<&'a mut dyn FnMut(usize, u32)>,
+}
+
+impl Default for GenerateOptions<'_> {
+    fn default() -> Self {
+        GenerateOptions {
+            n: 1,
+            max_batch: 16,
+            first_prompt_index: 0,
+            on_token: None,
+        }
+    }
+}
+
+struct Seq {
+    out: usize,
+    prompt: usize,
+    sampler: Sampler,
+    ids: Vec<u32>,
+    finish: Option<FinishReason>,
+}
+
+/// Generate `opts.n` samples for every prompt. Output order: prompt-major, then sample.
+pub fn generate(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    mut opts: GenerateOptions<'_>,
+) -> Result<Vec<Sample>> {
+    if opts.n == 0 || prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ctx = model.context_len();
+    for (i, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            bail!("prompt {i} is empty");
+        }
+        if p.len() + params.max_new_tokens > ctx {
+            bail!(
+                "prompt {i} has {} tokens; with max_new_tokens {} it exceeds the model context of {ctx}",
+                p.len(),
+                params.max_new_tokens
+            );
+        }
+    }
+    let total = prompts.len() * opts.n;
+    let width = opts.max_batch.max(1).min(total);
+    let capacity = prompts.iter().map(Vec::len).max().unwrap_or(0) + params.max_new_tokens;
+    let mut cache = KvCache::new(model, width, capacity);
+    let mut ws = Workspace::default();
+    let vocab = model.config.vocab;
+    let mut results: Vec<Option<Sample>> = vec![None; total];
+    let mut batch: Vec<(usize, [u32; 1])> = Vec::with_capacity(width);
+    let mut slots_in_use: Vec<usize> = Vec::with_capacity(width);
+    let mut wave_start = 0;
+    while wave_start < total {
+        let wave_end = (wave_start + width).min(total);
+        let mut seqs: Vec<Seq> = (wave_start..wave_end)
+            .map(|out| {
+                let (prompt, sample) = (out / opts.n, out % opts.n);
+                let seed = sample_seed(params.seed, opts.first_prompt_index + prompt, sample);
+                Seq {
+                    out,
+                    prompt,
+                    sampler: Sampler::new(params, seed, vocab),
+                    ids: Vec::with_capacity(params.max_new_tokens),
+                    finish: None,
+                }
+            })
+            .collect();
+        // Prefill each distinct prompt once, then copy its cache to the other samples.
+        let mut i = 0;
+        while i < seqs.len() {
+            let prompt = seqs[i].prompt;
+            cache.clear(i);
+            let logits = model.forward(
+                &mut ws,
+                &mut cache,
+                &[(i, &prompts[prompt])],
+                Logits::Last,
+                None,
+            )?;
+            let mut j = i;
+            while j < seqs.len() && seqs[j].prompt == prompt {
+                if j != i {
+                    cache.copy_slot(i, j);
+                }
+                push_token(model, params, &mut seqs[j], logits, &mut opts);
+                j += 1;
+            }
+            i = j;
+        }
+        loop {
+            batch.clear();
+            slots_in_use.clear();
+            for (slot, s) in seqs.iter().enumerate() {
+                if s.finish.is_none() {
+                    batch.push((slot, [*s.ids.last().expect("prefill pushed a token")]));
+                    slots_in_use.push(slot);
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let refs: Vec<(usize, &[u32])> = batch.iter().map(|(s, t)| (*s, &t[..])).collect();
+            let logits = model.forward(&mut ws, &mut cache, &refs, Logits::Last, None)?;
+            for (row, &slot) in slots_in_use.iter().enumerate() {
+                let l = &logits[row * vocab..(row + 1) * vocab];
+                push_token(model, params, &mut seqs[slot], l, &mut opts);
+            }
+        }
+        for s in seqs {
+            results[s.out] = Some(Sample {
+                prompt_index: s.prompt,
+                sample_index: s.out % opts.n,
+                ids: s.ids,
+                finish: s.finish.expect("every sequence finished"),
+            });
+        }
+        wave_start = wave_end;
+    }
+    Ok(results.into_iter().map(|s| s.expect("filled")).collect())
+}
+
+/// Sample the next token of `seq` from `logits` (first row used) and update its state.
+fn push_token(
+    model: &Model,
+    params: &SamplingParams,
+    seq: &mut Seq,
+    logits: &[f32],
+    opts: &mut GenerateOptions<'_>,
+) {
+    let vocab = model.config.vocab;
+    let suppress: &[u32] = if seq.ids.len() < params.min_new_tokens {
+        &model.stop_ids
+    } else {
+        &[]
+    };
+    let tok = seq.sampler.sample(&logits[..vocab], suppress);
+    seq.ids.push(tok);
+    if let Some(cb) = opts.on_token.as_deref_mut() {
+        cb(seq.out, tok);
+    }
+    if model.stop_ids.contains(&tok) {
+        seq.finish = Some(FinishReason::Stop);
+    } else if seq.ids.len() >= params.max_new_tokens {
+        seq.finish = Some(FinishReason::Length);
+    }
+}
