@@ -22,7 +22,9 @@ pub fn run(g: &Globals, a: ChatArgs) -> Result<()> {
     let mut params = a.sampling.params()?;
     let model = g.load_model(&a.model)?;
     let mut history: Vec<Message> = Vec::new();
-    eprintln!("ditto chat: type a message and press Enter; /reset clears the history, Ctrl-D quits.");
+    eprintln!(
+        "ditto chat: type a message and press Enter; /reset clears the history, Ctrl-D quits."
+    );
     let stdin = std::io::stdin();
     let mut line = String::new();
     loop {

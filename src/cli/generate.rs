@@ -119,7 +119,11 @@ pub fn run(g: &Globals, a: GenerateArgs) -> Result<()> {
             });
             writeln!(out, "{line}")?;
         } else {
-            writeln!(out, "--- sample {} ({:?}) ---\n{text}", s.sample_index, s.finish)?;
+            writeln!(
+                out,
+                "--- sample {} ({:?}) ---\n{text}",
+                s.sample_index, s.finish
+            )?;
         }
     }
     Ok(())

@@ -12,7 +12,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "ditto", version, about = "Personalize a chat model from a few writing samples (DITTO)")]
+#[command(
+    name = "ditto",
+    version,
+    about = "Personalize a chat model from a few writing samples (DITTO)"
+)]
 struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, global = true)]
@@ -117,16 +121,18 @@ fn run(cli: Cli) -> Result<()> {
         Some(t) => t,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    rayon::ThreadPoolBuilder::new()
+    let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
-        .build_global()
+        .build()
         .context("cannot start the thread pool")?;
     let ctx = Globals {
         cache_dir: fetch::cache_dir(cli.cache_dir.as_deref()),
     };
-    match cli.command {
+    // Run the command on a pool thread: parallel sections started from inside the pool
+    // avoid the cross-thread hand-off that calls from outside it pay every time.
+    pool.install(|| match cli.command {
         Command::Generate(a) => generate::run(&ctx, a),
         Command::Chat(a) => chat::run(&ctx, a),
         Command::Perf(a) => perf::run(&ctx, a, threads),
-    }
+    })
 }

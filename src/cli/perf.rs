@@ -18,7 +18,11 @@ pub struct PerfArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Shapes to run: forward, generate1, generate16 (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "forward,generate1,generate16")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "forward,generate1,generate16"
+    )]
     only: Vec<String>,
     /// Timed repetitions per shape.
     #[arg(long, default_value_t = 3)]
@@ -125,7 +129,13 @@ pub fn run(g: &Globals, a: PerfArgs, threads: usize) -> Result<()> {
             "generate1" | "generate16" => {
                 let b = if shape == "generate1" { 1 } else { 16 };
                 let (t, n, p) = generate_shape(&model, b, a.steps)?;
-                ("generate", b, t, n, json!({"prompt_tokens": p, "new_tokens": 128}))
+                (
+                    "generate",
+                    b,
+                    t,
+                    n,
+                    json!({"prompt_tokens": p, "new_tokens": 128}),
+                )
             }
             other => bail!("unknown shape {other:?} (forward, generate1, generate16)"),
         };

@@ -3,7 +3,7 @@
 
 mod matmul;
 
-pub use matmul::{linear, matmul_rows, matmul_tn};
+pub use matmul::{dot, dots_strided, linear, matmul_rows, matmul_tn};
 
 /// `out[r] = x[r] / rms(x[r]) * w` for each row of width `w.len()`.
 pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -111,9 +111,9 @@ pub fn attend(
     let d = q.len();
     let scale = 1.0 / (d as f32).sqrt();
     let scores = &mut scores[..len];
-    for (t, s) in scores.iter_mut().enumerate() {
-        let kr = &k[t * stride + offset..t * stride + offset + d];
-        *s = matmul::dot(q, kr) * scale;
+    matmul::dots_strided(q, k, stride, offset, scores);
+    for s in scores.iter_mut() {
+        *s *= scale;
     }
     softmax(scores);
     out.fill(0.0);

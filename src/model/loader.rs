@@ -67,8 +67,8 @@ struct GgufSource<'a> {
 
 impl TensorSource for GgufSource<'_> {
     fn tensor(&self, hf_name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let name = gguf_name(hf_name)
-            .with_context(|| format!("no GGUF name for tensor {hf_name:?}"))?;
+        let name =
+            gguf_name(hf_name).with_context(|| format!("no GGUF name for tensor {hf_name:?}"))?;
         let t = self.file.tensor_f32(&name, shape)?;
         // Only llama-architecture GGUFs carry the permutation (Qwen2 uses NeoX rope).
         if self.config.arch == Arch::Llama {
@@ -79,7 +79,11 @@ impl TensorSource for GgufSource<'_> {
             } else {
                 return Ok(t);
             };
-            let cols = if hf_name.ends_with(".bias") { 1 } else { self.config.hidden };
+            let cols = if hf_name.ends_with(".bias") {
+                1
+            } else {
+                self.config.hidden
+            };
             return Ok(unpermute_rows(&t, heads, cols));
         }
         Ok(t)
@@ -105,9 +109,9 @@ impl SafetensorsSource {
                 .with_context(|| format!("cannot read {}", index_path.display()))?;
             let j: Json = serde_json::from_str(&text)
                 .with_context(|| format!("{}: invalid JSON", index_path.display()))?;
-            let map = j["weight_map"].as_object().with_context(|| {
-                format!("{}: \"weight_map\" is missing", index_path.display())
-            })?;
+            let map = j["weight_map"]
+                .as_object()
+                .with_context(|| format!("{}: \"weight_map\" is missing", index_path.display()))?;
             let mut names: Vec<&str> = map.values().filter_map(Json::as_str).collect();
             names.sort_unstable();
             names.dedup();
@@ -200,7 +204,10 @@ pub struct Opened {
 /// The tokenizer description stored in a GGUF file's metadata.
 pub(crate) fn gguf_vocab(g: &GgufFile) -> Result<GgufVocab> {
     let src = g.path.display();
-    let token_types = match g.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
+    let token_types = match g
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.as_array())
+    {
         Some(a) => a
             .iter()
             .map(|v| v.as_i64().map(|x| x as i32))
@@ -223,7 +230,9 @@ pub(crate) fn gguf_vocab(g: &GgufFile) -> Result<GgufVocab> {
         },
         bos_id: g.get_u64("tokenizer.ggml.bos_token_id").map(|v| v as u32),
         eos_id: g.get_u64("tokenizer.ggml.eos_token_id").map(|v| v as u32),
-        unk_id: g.get_u64("tokenizer.ggml.unknown_token_id").map(|v| v as u32),
+        unk_id: g
+            .get_u64("tokenizer.ggml.unknown_token_id")
+            .map(|v| v as u32),
         add_bos: g
             .get("tokenizer.ggml.add_bos_token")
             .and_then(|v| v.as_bool())
@@ -317,7 +326,9 @@ pub fn open_hf_dir(dir: &Path) -> Result<Opened> {
     if let Some(gen_cfg) = read_json(&dir.join("generation_config.json"))? {
         match &gen_cfg["eos_token_id"] {
             Json::Number(n) => extra_stop_ids.extend(n.as_u64().map(|v| v as u32)),
-            Json::Array(a) => extra_stop_ids.extend(a.iter().filter_map(|v| v.as_u64().map(|v| v as u32))),
+            Json::Array(a) => {
+                extra_stop_ids.extend(a.iter().filter_map(|v| v.as_u64().map(|v| v as u32)))
+            }
             _ => {}
         }
     }
@@ -348,7 +359,10 @@ mod tests {
             gguf_name("model.layers.0.self_attn.k_proj.bias").as_deref(),
             Some("blk.0.attn_k.bias")
         );
-        assert_eq!(gguf_name("model.embed_tokens.weight").as_deref(), Some("token_embd.weight"));
+        assert_eq!(
+            gguf_name("model.embed_tokens.weight").as_deref(),
+            Some("token_embd.weight")
+        );
         assert_eq!(gguf_name("model.layers.0.foo.weight"), None);
     }
 

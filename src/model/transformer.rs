@@ -72,6 +72,8 @@ impl KvCache {
 /// Which positions get logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
+    /// No logits (prefill).
+    None,
     /// Only the last new token of each sequence (generation).
     Last,
     /// Every new token.
@@ -176,8 +178,14 @@ impl Model {
         for (li, layer) in self.weights.layers.iter().enumerate() {
             let x = &mut ws.x[..n * d];
             let xn = &mut ws.xn[..n * d];
-            par_rows(x, xn, d, |xr, or| kernels::rmsnorm(xr, &layer.attn_norm, c.rms_eps, or));
-            let (q, k, v) = (&mut ws.q[..n * qd], &mut ws.k[..n * kvd], &mut ws.v[..n * kvd]);
+            par_rows(x, xn, d, |xr, or| {
+                kernels::rmsnorm(xr, &layer.attn_norm, c.rms_eps, or)
+            });
+            let (q, k, v) = (
+                &mut ws.q[..n * qd],
+                &mut ws.k[..n * kvd],
+                &mut ws.v[..n * kvd],
+            );
             kernels::linear(xn, n, layer.get(Proj::Q), q, rowwise);
             kernels::linear(xn, n, layer.get(Proj::K), k, rowwise);
             kernels::linear(xn, n, layer.get(Proj::V), v, rowwise);
@@ -185,6 +193,7 @@ impl Model {
             q.par_chunks_mut(qd)
                 .zip(k.par_chunks_mut(kvd))
                 .zip(rows.par_iter())
+                .with_min_len(min_rows(qd))
                 .for_each(|((qr, kr), &(_, pos))| {
                     self.rope.apply(qr, pos);
                     self.rope.apply(kr, pos);
@@ -223,12 +232,15 @@ impl Model {
             let tmp = &mut ws.xn[..n * d];
             kernels::linear(&ws.att[..n * qd], n, layer.get(Proj::O), tmp, rowwise);
             add(x, tmp);
-            par_rows(x, tmp, d, |xr, or| kernels::rmsnorm(xr, &layer.ffn_norm, c.rms_eps, or));
+            par_rows(x, tmp, d, |xr, or| {
+                kernels::rmsnorm(xr, &layer.ffn_norm, c.rms_eps, or)
+            });
             let (gate, up) = (&mut ws.gate[..n * c.ffn], &mut ws.up[..n * c.ffn]);
             kernels::linear(tmp, n, layer.get(Proj::Gate), gate, rowwise);
             kernels::linear(tmp, n, layer.get(Proj::Up), up, rowwise);
             gate.par_chunks_mut(c.ffn)
                 .zip(up.par_chunks(c.ffn))
+                .with_min_len(min_rows(c.ffn))
                 .for_each(|(g, u)| kernels::swiglu(g, u));
             kernels::linear(gate, n, layer.get(Proj::Down), tmp, rowwise);
             add(x, tmp);
@@ -242,6 +254,7 @@ impl Model {
         // Final norm, only on the rows that need logits.
         ws.picked_rows.clear();
         match want {
+            Logits::None => return Ok(&[]),
             Logits::All => ws.picked_rows.extend(0..n),
             Logits::Last => {
                 let mut acc = 0;
@@ -295,9 +308,15 @@ fn add(x: &mut [f32], y: &[f32]) {
     }
 }
 
+/// Fewest rows of width `d` worth a parallel task for cheap element-wise work.
+fn min_rows(d: usize) -> usize {
+    (16384 / d.max(1)).max(1)
+}
+
 /// Apply `f` to matching rows of `x` and `out` in parallel.
 fn par_rows(x: &[f32], out: &mut [f32], d: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) {
     x.par_chunks(d)
         .zip(out.par_chunks_mut(d))
+        .with_min_len(min_rows(d))
         .for_each(|(xr, or)| f(xr, or));
 }

@@ -9,6 +9,7 @@ pub use sampler::Sampler;
 use crate::model::Model;
 use crate::model::transformer::{KvCache, Logits, Workspace};
 use anyhow::{Result, bail};
+use rayon::prelude::*;
 use serde::Serialize;
 
 /// How to pick tokens and when to stop.
@@ -98,10 +99,17 @@ struct Seq {
     prompt: usize,
     sampler: Sampler,
     ids: Vec<u32>,
+    /// Token to feed at the next decode step.
+    next: u32,
     finish: Option<FinishReason>,
 }
 
 /// Generate `opts.n` samples for every prompt. Output order: prompt-major, then sample.
+///
+/// Each prompt but its last token is prefilled once (all prompts of a wave in one
+/// batched pass) and its cache copied to its samples; every sampled token then comes
+/// from a decode step, whose kernels give a sequence the same numbers whatever else is
+/// in the batch. With per-sample seeds this makes the output independent of batching.
 pub fn generate(
     model: &Model,
     prompts: &[Vec<u32>],
@@ -132,7 +140,6 @@ pub fn generate(
     let vocab = model.config.vocab;
     let mut results: Vec<Option<Sample>> = vec![None; total];
     let mut batch: Vec<(usize, [u32; 1])> = Vec::with_capacity(width);
-    let mut slots_in_use: Vec<usize> = Vec::with_capacity(width);
     let mut wave_start = 0;
     while wave_start < total {
         let wave_end = (wave_start + width).min(total);
@@ -145,39 +152,38 @@ pub fn generate(
                     prompt,
                     sampler: Sampler::new(params, seed, vocab),
                     ids: Vec::with_capacity(params.max_new_tokens),
+                    next: *prompts[prompt].last().expect("prompts are not empty"),
                     finish: None,
                 }
             })
             .collect();
-        // Prefill each distinct prompt once, then copy its cache to the other samples.
-        let mut i = 0;
-        while i < seqs.len() {
-            let prompt = seqs[i].prompt;
-            cache.clear(i);
-            let logits = model.forward(
-                &mut ws,
-                &mut cache,
-                &[(i, &prompts[prompt])],
-                Logits::Last,
-                None,
-            )?;
-            let mut j = i;
-            while j < seqs.len() && seqs[j].prompt == prompt {
-                if j != i {
-                    cache.copy_slot(i, j);
-                }
-                push_token(model, params, &mut seqs[j], logits, &mut opts);
-                j += 1;
-            }
-            i = j;
+        // The first slot of each prompt in this wave prefills it; the others copy it.
+        let leaders: Vec<usize> = (0..seqs.len())
+            .filter(|&i| i == 0 || seqs[i - 1].prompt != seqs[i].prompt)
+            .collect();
+        for slot in 0..seqs.len() {
+            cache.clear(slot);
+        }
+        let prefill: Vec<(usize, &[u32])> = leaders
+            .iter()
+            .map(|&slot| {
+                let p = &prompts[seqs[slot].prompt];
+                (slot, &p[..p.len() - 1])
+            })
+            .filter(|(_, t)| !t.is_empty())
+            .collect();
+        if !prefill.is_empty() {
+            model.forward(&mut ws, &mut cache, &prefill, Logits::None, None)?;
+        }
+        for slot in 0..seqs.len() {
+            let leader = leaders[leaders.partition_point(|&l| l <= slot) - 1];
+            cache.copy_slot(leader, slot);
         }
         loop {
             batch.clear();
-            slots_in_use.clear();
             for (slot, s) in seqs.iter().enumerate() {
                 if s.finish.is_none() {
-                    batch.push((slot, [*s.ids.last().expect("prefill pushed a token")]));
-                    slots_in_use.push(slot);
+                    batch.push((slot, [s.next]));
                 }
             }
             if batch.is_empty() {
@@ -185,9 +191,17 @@ pub fn generate(
             }
             let refs: Vec<(usize, &[u32])> = batch.iter().map(|(s, t)| (*s, &t[..])).collect();
             let logits = model.forward(&mut ws, &mut cache, &refs, Logits::Last, None)?;
-            for (row, &slot) in slots_in_use.iter().enumerate() {
-                let l = &logits[row * vocab..(row + 1) * vocab];
-                push_token(model, params, &mut seqs[slot], l, &mut opts);
+            // Sequences sample independently (own seeds), so in parallel.
+            let mut active: Vec<&mut Seq> =
+                seqs.iter_mut().filter(|s| s.finish.is_none()).collect();
+            active
+                .par_iter_mut()
+                .zip(logits.par_chunks(vocab))
+                .for_each(|(seq, l)| push_token(model, params, seq, l));
+            if let Some(cb) = opts.on_token.as_deref_mut() {
+                for seq in &active {
+                    cb(seq.out, *seq.ids.last().expect("a token was pushed"));
+                }
             }
         }
         for s in seqs {
@@ -203,25 +217,16 @@ pub fn generate(
     Ok(results.into_iter().map(|s| s.expect("filled")).collect())
 }
 
-/// Sample the next token of `seq` from `logits` (first row used) and update its state.
-fn push_token(
-    model: &Model,
-    params: &SamplingParams,
-    seq: &mut Seq,
-    logits: &[f32],
-    opts: &mut GenerateOptions<'_>,
-) {
-    let vocab = model.config.vocab;
+/// Sample the next token of `seq` from its logits row and update its state.
+fn push_token(model: &Model, params: &SamplingParams, seq: &mut Seq, logits: &[f32]) {
     let suppress: &[u32] = if seq.ids.len() < params.min_new_tokens {
         &model.stop_ids
     } else {
         &[]
     };
-    let tok = seq.sampler.sample(&logits[..vocab], suppress);
+    let tok = seq.sampler.sample(&logits[..model.config.vocab], suppress);
     seq.ids.push(tok);
-    if let Some(cb) = opts.on_token.as_deref_mut() {
-        cb(seq.out, tok);
-    }
+    seq.next = tok;
     if model.stop_ids.contains(&tok) {
         seq.finish = Some(FinishReason::Stop);
     } else if seq.ids.len() >= params.max_new_tokens {

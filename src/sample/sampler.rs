@@ -54,7 +54,8 @@ impl Sampler {
             self.order.select_nth_unstable_by(self.top_k - 1, by_prob);
             self.order.truncate(self.top_k);
         }
-        self.order.sort_unstable_by(|a, b| by_prob(a, b).then(a.cmp(b)));
+        self.order
+            .sort_unstable_by(|a, b| by_prob(a, b).then(a.cmp(b)));
         let total: f32 = self.order.iter().map(|&i| probs[i as usize]).sum();
         if self.top_p < 1.0 {
             let mut acc = 0.0;
