@@ -104,7 +104,7 @@ pub fn run(g: &Globals, a: GenerateArgs) -> Result<()> {
         max_batch: a.batch_size,
         ..GenerateOptions::default()
     };
-    let samples = sample::generate(&model, &[prompt.clone()], &params, opts)?;
+    let samples = sample::generate(&model, std::slice::from_ref(&prompt), &params, opts)?;
     let mut out = std::io::stdout().lock();
     for s in &samples {
         let text = sample_text(&model, s)?;

@@ -5,7 +5,7 @@
 use super::generate::messages;
 use super::{Globals, ModelArgs};
 use crate::model::Model;
-use crate::model::transformer::{KvCache, Logits, Workspace};
+use crate::model::transformer::{KvCache, Logits, Matmul, Workspace};
 use crate::sample::{self, GenerateOptions, SamplingParams};
 use anyhow::{Result, bail};
 use clap::Args;
@@ -72,7 +72,7 @@ fn forward_shape(model: &Model, steps: usize) -> Result<(Vec<f64>, usize)> {
             cache.clear(s);
         }
         let b: Vec<(usize, &[u32])> = ids.iter().enumerate().map(|(i, t)| (i, &t[..])).collect();
-        model.forward(&mut ws, &mut cache, &b, Logits::All, None)?;
+        model.forward(&mut ws, &mut cache, &b, Logits::All, Matmul::Gemm, None)?;
         Ok(())
     })?;
     Ok((times, batch * seq))

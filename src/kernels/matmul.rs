@@ -42,8 +42,8 @@ impl V16 for Scalar {
     }
     unsafe fn fma(self, a: Self, b: Self) -> Self {
         let mut r = self.0;
-        for l in 0..LANES {
-            r[l] = a.0[l].mul_add(b.0[l], r[l]);
+        for ((r, a), b) in r.iter_mut().zip(a.0).zip(b.0) {
+            *r = a.mul_add(b, *r);
         }
         Scalar(r)
     }
@@ -138,6 +138,18 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+impl SharedOut {
+    /// Pointer to element `i`.
+    ///
+    /// # Safety
+    /// `i` must be inside the output.
+    #[inline(always)]
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.add(i) }
+    }
+}
+
 /// Rows of `x` and of `w` handled together by one register tile.
 const TILE_X: usize = 4;
 const TILE_W: usize = 6;
@@ -185,7 +197,7 @@ unsafe fn tile<V: V16, const RX: usize, const RW: usize>(
                 for i in split..k {
                     s = x[(x0 + b) * k + i].mul_add(w[(w0 + j) * k + i], s);
                 }
-                *y.0.add((x0 + b) * out_dim + w0 + j) = s;
+                *y.at((x0 + b) * out_dim + w0 + j) = s;
             }
         }
     }
@@ -419,7 +431,6 @@ pub fn matmul_rows(x: &[f32], n: usize, w: &[f32], out_dim: usize, in_dim: usize
     (0..blocks.div_ceil(per_task))
         .into_par_iter()
         .for_each(|t| {
-            let out = out;
             for blk in t * per_task..((t + 1) * per_task).min(blocks) {
                 let w0 = blk * TILE_W;
                 let rw = TILE_W.min(out_dim - w0);
@@ -434,17 +445,6 @@ pub fn matmul_rows(x: &[f32], n: usize, w: &[f32], out_dim: usize, in_dim: usize
 pub fn matmul_tn(x: &[f32], n: usize, w: &[f32], out_dim: usize, in_dim: usize, y: &mut [f32]) {
     assert!(x.len() >= n * in_dim && w.len() >= out_dim * in_dim && y.len() >= n * out_dim);
     if n == 0 {
-        return;
-    }
-    if n == 1 {
-        // gemm takes a matrix-vector path for one row whose rounding differs from its
-        // path for several; compute two copies so one row gives what it would in a batch.
-        let mut x2 = Vec::with_capacity(2 * in_dim);
-        x2.extend_from_slice(&x[..in_dim]);
-        x2.extend_from_slice(&x[..in_dim]);
-        let mut y2 = vec![0f32; 2 * out_dim];
-        matmul_tn(&x2, 2, w, out_dim, in_dim, &mut y2);
-        y[..out_dim].copy_from_slice(&y2[..out_dim]);
         return;
     }
     let threads = rayon::current_num_threads();
@@ -545,5 +545,24 @@ mod tests {
             matmul_rows(&x[b * i..(b + 1) * i], 1, &w, o, i, &mut one);
             assert_eq!(&all[b * o..(b + 1) * o], one.as_slice());
         }
+    }
+
+    #[test]
+    fn simd_and_scalar_paths_are_bit_identical() {
+        let (n, o, k) = (6, 11, 83);
+        let x = data(n * k, 0.2);
+        let w = data(o * k, 0.4);
+        let mut fast = vec![0f32; n * o];
+        matmul_rows(&x, n, &w, o, k, &mut fast);
+        let mut slow = vec![0f32; n * o];
+        for w0 in (0..o).step_by(TILE_W) {
+            let rw = TILE_W.min(o - w0);
+            // SAFETY: in bounds; single-threaded; the scalar path needs no CPU feature.
+            unsafe { rows_block::<Scalar>(&x, n, &w, w0, rw, k, o, SharedOut(slow.as_mut_ptr())) };
+        }
+        assert_eq!(fast, slow);
+        let mut scores = vec![0f32; 3];
+        dots_strided(&x[..k], &w, k, 0, &mut scores);
+        assert_eq!(scores, [slow[0], slow[1], slow[2]]);
     }
 }

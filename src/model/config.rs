@@ -44,14 +44,14 @@ impl Config {
         if c.hidden == 0 || c.layers == 0 || c.heads == 0 || c.kv_heads == 0 || c.vocab == 0 {
             bail!("{source}: a model dimension is zero: {c:?}");
         }
-        if c.heads % c.kv_heads != 0 {
+        if !c.heads.is_multiple_of(c.kv_heads) {
             bail!(
                 "{source}: {} attention heads is not a multiple of {} key/value heads",
                 c.heads,
                 c.kv_heads
             );
         }
-        if c.head_dim % 2 != 0 {
+        if !c.head_dim.is_multiple_of(2) {
             bail!("{source}: head dimension {} is odd", c.head_dim);
         }
         Ok(c)

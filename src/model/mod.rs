@@ -9,6 +9,13 @@ pub mod quant;
 pub mod transformer;
 pub mod weights;
 
+#[cfg(test)]
+mod loader_tests;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tiny;
+
 use crate::kernels::Rope;
 use crate::tokenize::{ChatTemplate, Message, Tokenizer};
 use anyhow::{Context, Result, bail};

@@ -80,6 +80,17 @@ pub enum Logits {
     All,
 }
 
+/// How the matrix products of a forward pass are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Matmul {
+    /// `gemm`: fastest for many rows (scoring, training); a row's rounding may depend
+    /// on how many rows share the call.
+    Gemm,
+    /// A kernel whose result for a row never depends on the other rows, so a sequence
+    /// gets the same numbers alone or in any batch (generation).
+    RowIndependent,
+}
+
 /// Reusable activation buffers, grown on demand, so decoding allocates nothing.
 #[derive(Default)]
 pub struct Workspace {
@@ -110,9 +121,8 @@ fn grow(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
 impl Model {
     /// Run the decoder on new tokens of several sequences: `batch[i] = (slot, tokens)`
     /// appends `tokens` to cache slot `slot`. Returns logits `[rows, vocab]` for the rows
-    /// chosen by `want`, in batch order. A decode step (every sequence adds one token)
-    /// uses batch-independent kernels, so a sequence's output does not depend on
-    /// which other sequences share the step. `probe`, if given, receives the RMS of the
+    /// chosen by `want`, in batch order; `matmul` picks the matrix-product kernel.
+    /// `probe`, if given, receives the RMS of the
     /// last row's residual stream after the embeddings, after every layer and after
     /// the final norm.
     pub fn forward<'w>(
@@ -121,11 +131,12 @@ impl Model {
         cache: &mut KvCache,
         batch: &[(usize, &[u32])],
         want: Logits,
+        matmul: Matmul,
         mut probe: Option<&mut Vec<f32>>,
     ) -> Result<&'w [f32]> {
         let c = &self.config;
         let (d, qd, kvd, hd) = (c.hidden, c.q_dim(), c.kv_dim(), c.head_dim);
-        let rowwise = batch.iter().all(|(_, t)| t.len() == 1);
+        let rowwise = matmul == Matmul::RowIndependent;
         ws.rows.clear();
         for &(slot, toks) in batch {
             if slot >= cache.slots {
@@ -291,7 +302,14 @@ impl Model {
     pub fn next_token_logprobs(&self, ids: &[u32]) -> Result<Vec<f64>> {
         let mut cache = KvCache::new(self, 1, ids.len());
         let mut ws = Workspace::default();
-        let logits = self.forward(&mut ws, &mut cache, &[(0, ids)], Logits::All, None)?;
+        let logits = self.forward(
+            &mut ws,
+            &mut cache,
+            &[(0, ids)],
+            Logits::All,
+            Matmul::Gemm,
+            None,
+        )?;
         let v = self.config.vocab;
         Ok((0..ids.len().saturating_sub(1))
             .map(|i| {

@@ -7,7 +7,7 @@ mod sampler;
 pub use sampler::Sampler;
 
 use crate::model::Model;
-use crate::model::transformer::{KvCache, Logits, Workspace};
+use crate::model::transformer::{KvCache, Logits, Matmul, Workspace};
 use anyhow::{Result, bail};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -108,8 +108,8 @@ struct Seq {
 ///
 /// Each prompt but its last token is prefilled once (all prompts of a wave in one
 /// batched pass) and its cache copied to its samples; every sampled token then comes
-/// from a decode step, whose kernels give a sequence the same numbers whatever else is
-/// in the batch. With per-sample seeds this makes the output independent of batching.
+/// from a decode step. All products use [`Matmul::RowIndependent`], so with per-sample
+/// seeds the output does not depend on batching.
 pub fn generate(
     model: &Model,
     prompts: &[Vec<u32>],
@@ -173,7 +173,14 @@ pub fn generate(
             .filter(|(_, t)| !t.is_empty())
             .collect();
         if !prefill.is_empty() {
-            model.forward(&mut ws, &mut cache, &prefill, Logits::None, None)?;
+            model.forward(
+                &mut ws,
+                &mut cache,
+                &prefill,
+                Logits::None,
+                Matmul::RowIndependent,
+                None,
+            )?;
         }
         for slot in 0..seqs.len() {
             let leader = leaders[leaders.partition_point(|&l| l <= slot) - 1];
@@ -190,7 +197,14 @@ pub fn generate(
                 break;
             }
             let refs: Vec<(usize, &[u32])> = batch.iter().map(|(s, t)| (*s, &t[..])).collect();
-            let logits = model.forward(&mut ws, &mut cache, &refs, Logits::Last, None)?;
+            let logits = model.forward(
+                &mut ws,
+                &mut cache,
+                &refs,
+                Logits::Last,
+                Matmul::RowIndependent,
+                None,
+            )?;
             // Sequences sample independently (own seeds), so in parallel.
             let mut active: Vec<&mut Seq> =
                 seqs.iter_mut().filter(|s| s.finish.is_none()).collect();

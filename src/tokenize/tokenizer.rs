@@ -540,43 +540,14 @@ mod tests {
 
     // ---- Synthetic vocabularies (always run) ----
 
-    /// A byte-level vocabulary: two control tokens, one user-defined token,
-    /// the 256 byte symbols, then one token per merge.
-    fn byte_vocab(pre: &str, merges: &[&str]) -> GgufVocab {
-        let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
-        alphabet.sort_unstable();
-        let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_end|>", "<tool>"]
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        let mut token_types = vec![
-            TOKEN_TYPE_CONTROL,
-            TOKEN_TYPE_CONTROL,
-            TOKEN_TYPE_USER_DEFINED,
-        ];
-        tokens.extend(alphabet.iter().map(char::to_string));
-        tokens.extend(merges.iter().map(|m| m.replace(' ', "")));
-        token_types.resize(tokens.len(), 1);
-        GgufVocab {
-            model: "gpt2".into(),
-            pre: Some(pre.into()),
-            tokens,
-            token_types,
-            merges: merges.iter().map(|m| (*m).to_owned()).collect(),
-            bos_id: Some(0),
-            eos_id: Some(1),
-            unk_id: Some(0),
-            add_bos: false,
-        }
-    }
-
     fn ids_of(tok: &Tokenizer, tokens: &[&str]) -> Vec<u32> {
         tokens.iter().map(|t| tok.token_to_id(t).unwrap()).collect()
     }
 
     #[test]
     fn special_and_user_defined_tokens_are_matched_in_text() {
-        let tok = Tokenizer::from_gguf_vocab(&byte_vocab("default", &["h i"])).unwrap();
+        let tok =
+            Tokenizer::from_gguf_vocab(&crate::testutil::byte_vocab("default", &["h i"])).unwrap();
         let ids = tok.encode("hi<|im_end|><tool> x").unwrap();
         assert_eq!(ids, ids_of(&tok, &["hi", "<|im_end|>", "<tool>", "Ġ", "x"]));
         assert_eq!(tok.decode(&ids).unwrap(), "hi<|im_end|><tool> x");
@@ -588,7 +559,8 @@ mod tests {
     fn pre_tokenizer_follows_gguf_pre() {
         let merges = ["1 2", "12 3", "Ġ 1"];
         let encode = |pre: &str, text: &str| {
-            let tok = Tokenizer::from_gguf_vocab(&byte_vocab(pre, &merges)).unwrap();
+            let tok =
+                Tokenizer::from_gguf_vocab(&crate::testutil::byte_vocab(pre, &merges)).unwrap();
             let ids = tok.encode(text).unwrap();
             ids.iter()
                 .map(|&id| tok.id_to_token(id).unwrap())
@@ -606,7 +578,7 @@ mod tests {
 
     #[test]
     fn stream_decoder_waits_for_complete_utf8() {
-        let tok = Tokenizer::from_gguf_vocab(&byte_vocab("smollm", &[])).unwrap();
+        let tok = Tokenizer::from_gguf_vocab(&crate::testutil::byte_vocab("smollm", &[])).unwrap();
         let ids = tok.encode("a🎉é").unwrap();
         assert_eq!(ids.len(), 1 + 4 + 2);
         let pieces = stream_all(&tok, &ids);
@@ -621,14 +593,15 @@ mod tests {
 
     #[test]
     fn synthetic_round_trips_through_tokenizer_json() {
-        let tok = Tokenizer::from_gguf_vocab(&byte_vocab("llama-bpe", &["h i"])).unwrap();
+        let tok = Tokenizer::from_gguf_vocab(&crate::testutil::byte_vocab("llama-bpe", &["h i"]))
+            .unwrap();
         assert_round_trip(&tok, "synthetic.json", &["hi<|im_end|> 1234 <tool>", "é🎉"]);
     }
 
     #[test]
     fn bad_vocabularies_are_errors() {
         let err = |v: GgufVocab| format!("{:#}", Tokenizer::from_gguf_vocab(&v).err().unwrap());
-        let good = byte_vocab("smollm", &["h i"]);
+        let good = crate::testutil::byte_vocab("smollm", &["h i"]);
         assert!(
             err(GgufVocab {
                 model: "llama".into(),
@@ -682,7 +655,8 @@ mod tests {
 
     #[test]
     fn set_special_resolves_or_fails() {
-        let mut tok = Tokenizer::from_gguf_vocab(&byte_vocab("smollm", &[])).unwrap();
+        let mut tok =
+            Tokenizer::from_gguf_vocab(&crate::testutil::byte_vocab("smollm", &[])).unwrap();
         tok.set_special(Some("<|im_end|>".into()), None, true)
             .unwrap();
         assert_eq!(
