@@ -69,6 +69,9 @@ impl KvCache {
     }
 }
 
+/// Query rows per attention task (bounds the score scratch to ATTN_ROWS × context).
+const ATTN_ROWS: usize = 128;
+
 /// Which positions get logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -105,6 +108,9 @@ pub struct Workspace {
     scores: Vec<f32>,
     /// (slot, position) of each row.
     rows: Vec<(usize, usize)>,
+    /// Attention tasks `(first row, slot, rows, head)` and per-thread score scratch.
+    tasks: Vec<(usize, usize, usize, usize)>,
+    attn_scratch: Vec<std::sync::Mutex<Vec<f32>>>,
     /// Rows that get logits, and their normed hidden states.
     picked_rows: Vec<usize>,
     picked: Vec<f32>,
@@ -216,29 +222,74 @@ impl Model {
             }
             let cache_ref = &*cache;
             let q = &ws.q[..n * qd];
-            ws.att[..n * qd]
-                .par_chunks_mut(qd)
-                .zip(ws.scores[..n * max_ctx].par_chunks_mut(max_ctx))
-                .enumerate()
-                .for_each(|(r, (out, scores))| {
-                    let (slot, pos) = rows[r];
-                    let base = cache_ref.base(li, slot);
-                    let kc = &cache_ref.k[base..base + (pos + 1) * kvd];
-                    let vc = &cache_ref.v[base..base + (pos + 1) * kvd];
-                    for h in 0..c.heads {
-                        let g = h / group;
-                        kernels::attend(
-                            &q[r * qd + h * hd..r * qd + (h + 1) * hd],
-                            kc,
-                            vc,
-                            kvd,
-                            g * hd,
-                            pos + 1,
-                            scores,
-                            &mut out[h * hd..(h + 1) * hd],
-                        );
+            if rowwise {
+                ws.att[..n * qd]
+                    .par_chunks_mut(qd)
+                    .zip(ws.scores[..n * max_ctx].par_chunks_mut(max_ctx))
+                    .enumerate()
+                    .for_each(|(r, (out, scores))| {
+                        let (slot, pos) = rows[r];
+                        let base = cache_ref.base(li, slot);
+                        let kc = &cache_ref.k[base..base + (pos + 1) * kvd];
+                        let vc = &cache_ref.v[base..base + (pos + 1) * kvd];
+                        for h in 0..c.heads {
+                            let g = h / group;
+                            kernels::attend(
+                                &q[r * qd + h * hd..r * qd + (h + 1) * hd],
+                                kc,
+                                vc,
+                                kvd,
+                                g * hd,
+                                pos + 1,
+                                scores,
+                                &mut out[h * hd..(h + 1) * hd],
+                            );
+                        }
+                    });
+            } else {
+                // One task per (sequence, head, block of query rows): two gemm products.
+                let att = SharedMut(ws.att.as_mut_ptr());
+                ws.tasks.clear();
+                let mut r0 = 0;
+                for &(slot, toks) in batch {
+                    for b0 in (0..toks.len()).step_by(ATTN_ROWS) {
+                        let len = ATTN_ROWS.min(toks.len() - b0);
+                        for h in 0..c.heads {
+                            ws.tasks.push((r0 + b0, slot, len, h));
+                        }
                     }
+                    r0 += toks.len();
+                }
+                let threads = rayon::current_num_threads();
+                if ws.attn_scratch.len() < threads + 1 {
+                    ws.attn_scratch.resize_with(threads + 1, Default::default);
+                }
+                let scratch = &ws.attn_scratch;
+                ws.tasks.par_iter().for_each(|&(r0, slot, len, h)| {
+                    let (_, start) = rows[r0];
+                    let base = cache_ref.base(li, slot) + (h / group) * hd;
+                    let end = cache_ref.base(li, slot) + (start + len) * kvd;
+                    let me = rayon::current_thread_index().map_or(threads, |i| i.min(threads));
+                    let mut scores = scratch[me].lock().unwrap_or_else(|e| e.into_inner());
+                    // SAFETY: rows r0..r0+len, columns of head h of `att` are written by
+                    // this task only; the buffer holds n·qd floats.
+                    unsafe {
+                        kernels::attend_causal_block(
+                            &q[r0 * qd + h * hd..],
+                            qd,
+                            &cache_ref.k[base..end],
+                            &cache_ref.v[base..end],
+                            kvd,
+                            hd,
+                            start,
+                            len,
+                            &mut scores,
+                            att.at(r0 * qd + h * hd),
+                            qd,
+                        )
+                    };
                 });
+            }
             let x = &mut ws.x[..n * d];
             let tmp = &mut ws.xn[..n * d];
             kernels::linear(&ws.att[..n * qd], n, layer.get(Proj::O), tmp, rowwise);
@@ -317,6 +368,22 @@ impl Model {
                 row[ids[i + 1] as usize] as f64 - kernels::log_sum_exp(row)
             })
             .collect())
+    }
+}
+
+/// Raw pointer for tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: users write disjoint elements only.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// # Safety
+    /// `i` must be inside the buffer.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.add(i) }
     }
 }
 
