@@ -1,137 +1,13 @@
-//! Matrix products `y = x Wᵀ` with `W` row-major `[out, in]`: `gemm` for many rows
-//! (prefill, training) and a row-independent kernel for few rows (decoding), whose
-//! result for one row never depends on the other rows in the batch.
+//! Products with weight matrices `W` (row-major `[out, in]`): `gemm` for many rows
+//! (prefill for scoring, training), and for generation a kernel over weights packed in
+//! panels of 16 outputs whose result for a row never depends on the other rows.
+//! Also the strided dot products of attention scores.
 
+use super::simd::{LANES, V16, dispatch};
 use crate::model::weights::Linear;
 use rayon::prelude::*;
 
-/// Width of the accumulators: every dot product sums 16 lanes over chunks of 16
-/// elements, reduces the lanes as a fixed tree, then adds the tail in order.
-const LANES: usize = 16;
-
-/// Sixteen f32 lanes, on whichever SIMD the CPU has. All implementations perform the
-/// same arithmetic (lane-wise fused multiply-add, the same reduction tree), so results
-/// are bit-identical across them and independent of how products are grouped.
-trait V16: Copy {
-    /// # Safety
-    /// The CPU must support the implementation's instruction set.
-    unsafe fn zero() -> Self;
-    /// # Safety
-    /// `p` must point to 16 readable f32 and the CPU must support the instruction set.
-    unsafe fn load(p: *const f32) -> Self;
-    /// `self + a·b`, lane-wise, fused.
-    /// # Safety
-    /// The CPU must support the implementation's instruction set.
-    unsafe fn fma(self, a: Self, b: Self) -> Self;
-    /// Lane tree: `l += l+8`, then `l += l+4`, `l += l+2`, `l += l+1`.
-    /// # Safety
-    /// The CPU must support the implementation's instruction set.
-    unsafe fn reduce(self) -> f32;
-}
-
-#[derive(Clone, Copy)]
-struct Scalar([f32; LANES]);
-
-impl V16 for Scalar {
-    unsafe fn zero() -> Self {
-        Scalar([0.0; LANES])
-    }
-    unsafe fn load(p: *const f32) -> Self {
-        // SAFETY: the caller guarantees 16 readable floats.
-        Scalar(unsafe { std::ptr::read_unaligned(p as *const [f32; LANES]) })
-    }
-    unsafe fn fma(self, a: Self, b: Self) -> Self {
-        let mut r = self.0;
-        for ((r, a), b) in r.iter_mut().zip(a.0).zip(b.0) {
-            *r = a.mul_add(b, *r);
-        }
-        Scalar(r)
-    }
-    unsafe fn reduce(self) -> f32 {
-        let mut a = self.0;
-        let mut width = LANES / 2;
-        while width > 0 {
-            for l in 0..width {
-                a[l] += a[l + width];
-            }
-            width /= 2;
-        }
-        a[0]
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::V16;
-    use std::arch::x86_64::*;
-
-    /// Reduce 8 lanes `a` (lanes 0..8 of the tree after the first step).
-    #[inline(always)]
-    unsafe fn reduce8(a: __m256) -> f32 {
-        // SAFETY (all blocks): callers run with AVX enabled.
-        unsafe {
-            let q = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-            let h = _mm_add_ps(q, _mm_movehl_ps(q, q));
-            let o = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-            _mm_cvtss_f32(o)
-        }
-    }
-
-    #[derive(Clone, Copy)]
-    pub struct Avx512(__m512);
-
-    impl V16 for Avx512 {
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            Avx512(unsafe { _mm512_setzero_ps() })
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            Avx512(unsafe { _mm512_loadu_ps(p) })
-        }
-        #[inline(always)]
-        unsafe fn fma(self, a: Self, b: Self) -> Self {
-            Avx512(unsafe { _mm512_fmadd_ps(a.0, b.0, self.0) })
-        }
-        #[inline(always)]
-        unsafe fn reduce(self) -> f32 {
-            unsafe {
-                let lo = _mm512_castps512_ps256(self.0);
-                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(self.0), 1));
-                reduce8(_mm256_add_ps(lo, hi))
-            }
-        }
-    }
-
-    #[derive(Clone, Copy)]
-    pub struct Avx2(__m256, __m256);
-
-    impl V16 for Avx2 {
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            unsafe { Avx2(_mm256_setzero_ps(), _mm256_setzero_ps()) }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            unsafe { Avx2(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))) }
-        }
-        #[inline(always)]
-        unsafe fn fma(self, a: Self, b: Self) -> Self {
-            unsafe {
-                Avx2(
-                    _mm256_fmadd_ps(a.0, b.0, self.0),
-                    _mm256_fmadd_ps(a.1, b.1, self.1),
-                )
-            }
-        }
-        #[inline(always)]
-        unsafe fn reduce(self) -> f32 {
-            unsafe { reduce8(_mm256_add_ps(self.0, self.1)) }
-        }
-    }
-}
-
-/// Raw pointer that may be shared across threads which write disjoint elements.
+/// Raw output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
 // SAFETY: every user writes a disjoint set of indices.
@@ -139,8 +15,6 @@ unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
-    /// Pointer to element `i`.
-    ///
     /// # Safety
     /// `i` must be inside the output.
     #[inline(always)]
@@ -150,191 +24,195 @@ impl SharedOut {
     }
 }
 
-/// Rows of `x` and of `w` handled together by one register tile.
-const TILE_X: usize = 4;
-const TILE_W: usize = 6;
+/// A weight matrix repacked for [`matmul_packed`]: panel `p` holds outputs
+/// `16p..16p+16` as `[in][16]`, zero-padded past `out_dim`.
+#[derive(Clone, Debug)]
+pub struct Packed {
+    data: Vec<f32>,
+    pub out_dim: usize,
+    pub in_dim: usize,
+}
 
-/// Dot products of `RX` rows of `x` (from row `x0`) with `RW` rows of `w` (from row
-/// `w0`), each of length `k`, stored at `y[(x0+b)·out_dim + w0+j]`.
+impl Packed {
+    pub fn new(w: &[f32], out_dim: usize, in_dim: usize) -> Packed {
+        assert!(w.len() >= out_dim * in_dim);
+        let panels = out_dim.div_ceil(LANES);
+        let mut data = vec![0f32; panels * in_dim * LANES];
+        data.par_chunks_mut(in_dim * LANES)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                for j in 0..LANES.min(out_dim - p * LANES) {
+                    let row = &w[(p * LANES + j) * in_dim..(p * LANES + j + 1) * in_dim];
+                    for (k, &v) in row.iter().enumerate() {
+                        panel[k * LANES + j] = v;
+                    }
+                }
+            });
+        Packed {
+            data,
+            out_dim,
+            in_dim,
+        }
+    }
+}
+
+/// How many `k` steps ahead [`tile`] prefetches weight panels.
+const PREFETCH_AHEAD: usize = 32;
+
+/// Outputs of `RX` rows of `x` (from row `x0`) for `RJ` panels (from panel `p0`).
+/// Every output accumulates `x[b,k]·w[j,k]` over `k` in order in one lane with fused
+/// multiply-adds: the same arithmetic whatever the tile shape or batch.
 ///
 /// # Safety
-/// The rows must exist, `y` must have room, no other thread may write those outputs,
-/// and the CPU must support `V`'s instruction set.
+/// Rows and panels must exist, `y` must hold `(x0+RX)·out_dim` floats, no other thread
+/// may write these outputs, and the CPU must support `V`'s instruction set.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<V: V16, const RX: usize, const RW: usize>(
+unsafe fn tile<V: V16, const RX: usize, const RJ: usize>(
     x: &[f32],
     x0: usize,
-    w: &[f32],
-    w0: usize,
-    k: usize,
-    out_dim: usize,
+    w: &Packed,
+    p0: usize,
     y: SharedOut,
 ) {
-    let split = k - k % LANES;
-    // SAFETY: the caller guarantees the instruction set; every pointer below stays
-    // inside rows x0..x0+RX of x and w0..w0+RW of w (c + 16 ≤ split ≤ k).
+    let k = w.in_dim;
+    // SAFETY: see the function contract; loads stay inside panels p0..p0+RJ and rows
+    // x0..x0+RX.
     unsafe {
-        let mut acc = [[V::zero(); RW]; RX];
-        let (xp, wp) = (x.as_ptr(), w.as_ptr());
-        let mut c = 0;
-        while c < split {
-            let mut wc = [V::zero(); RW];
-            for (j, v) in wc.iter_mut().enumerate() {
-                *v = V::load(wp.add((w0 + j) * k + c));
+        let mut acc = [[V::zero(); RJ]; RX];
+        let wp = w.data.as_ptr().add(p0 * k * LANES);
+        let xp = x.as_ptr().add(x0 * k);
+        for kk in 0..k {
+            let mut wv = [V::zero(); RJ];
+            for (j, v) in wv.iter_mut().enumerate() {
+                let at = wp.add((j * k + kk) * LANES);
+                *v = V::load(at);
+                // Ask for the panel data a few iterations ahead; the streams are too
+                // short for the hardware prefetcher to ramp up on its own.
+                #[cfg(target_arch = "x86_64")]
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    at.wrapping_add(PREFETCH_AHEAD * LANES) as *const i8,
+                );
             }
             for (b, ab) in acc.iter_mut().enumerate() {
-                let xv = V::load(xp.add((x0 + b) * k + c));
-                for (a, &wv) in ab.iter_mut().zip(&wc) {
-                    *a = a.fma(xv, wv);
+                let xb = V::splat(*xp.add(b * k + kk));
+                for (a, &wj) in ab.iter_mut().zip(&wv) {
+                    *a = a.fma(xb, wj);
                 }
             }
-            c += LANES;
         }
         for (b, ab) in acc.iter().enumerate() {
             for (j, a) in ab.iter().enumerate() {
-                let mut s = a.reduce();
-                for i in split..k {
-                    s = x[(x0 + b) * k + i].mul_add(w[(w0 + j) * k + i], s);
+                let col = (p0 + j) * LANES;
+                let row = (x0 + b) * w.out_dim;
+                if col + LANES <= w.out_dim {
+                    a.store(y.at(row + col));
+                } else {
+                    let mut tmp = [0f32; LANES];
+                    a.store(tmp.as_mut_ptr());
+                    for (l, &v) in tmp.iter().enumerate().take(w.out_dim - col) {
+                        *y.at(row + col + l) = v;
+                    }
                 }
-                *y.at((x0 + b) * out_dim + w0 + j) = s;
             }
         }
     }
 }
 
-/// Weight rows `w0..w0+rw` (`rw ≤ TILE_W`) against all `n` rows of `x`.
+/// All `n` rows of `x` against panels `p0..p1`, `RJ` panels at a time.
 ///
 /// # Safety
 /// As for [`tile`].
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn rows_block<V: V16>(
+unsafe fn panels<V: V16, const RJ: usize>(
     x: &[f32],
     n: usize,
-    w: &[f32],
-    w0: usize,
-    rw: usize,
-    k: usize,
-    out_dim: usize,
+    w: &Packed,
+    p0: usize,
+    p1: usize,
     y: SharedOut,
 ) {
-    macro_rules! tiles {
-        ($rw:literal) => {{
+    macro_rules! rows {
+        ($p:expr, $rj:literal) => {{
             let mut b = 0;
-            while b + TILE_X <= n {
-                // SAFETY: forwarded from the caller.
-                unsafe { tile::<V, TILE_X, $rw>(x, b, w, w0, k, out_dim, y) };
-                b += TILE_X;
+            // SAFETY (all tiles): forwarded from the caller.
+            while b + 8 <= n {
+                unsafe { tile::<V, 8, $rj>(x, b, w, $p, y) };
+                b += 8;
             }
-            while b < n {
-                // SAFETY: forwarded from the caller.
-                unsafe { tile::<V, 1, $rw>(x, b, w, w0, k, out_dim, y) };
-                b += 1;
+            while b + 4 <= n {
+                unsafe { tile::<V, 4, $rj>(x, b, w, $p, y) };
+                b += 4;
+            }
+            while b + 2 <= n {
+                unsafe { tile::<V, 2, $rj>(x, b, w, $p, y) };
+                b += 2;
+            }
+            if b < n {
+                unsafe { tile::<V, 1, $rj>(x, b, w, $p, y) };
             }
         }};
     }
-    match rw {
-        8 => tiles!(8),
-        7 => tiles!(7),
-        6 => tiles!(6),
-        5 => tiles!(5),
-        4 => tiles!(4),
-        3 => tiles!(3),
-        2 => tiles!(2),
-        _ => tiles!(1),
+    let mut p = p0;
+    while p + RJ <= p1 {
+        match RJ {
+            3 => rows!(p, 3),
+            6 => rows!(p, 6),
+            _ => rows!(p, 8),
+        }
+        p += RJ;
+    }
+    while p < p1 {
+        rows!(p, 1);
+        p += 1;
     }
 }
 
-/// Which SIMD implementation this CPU runs.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Simd {
-    Scalar,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
-fn simd() -> Simd {
-    use std::sync::OnceLock;
-    static SIMD: OnceLock<Simd> = OnceLock::new();
-    *SIMD.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                return Simd::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Simd::Avx2;
-            }
-        }
-        Simd::Scalar
-    })
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn rows_block_avx512(
-    x: &[f32],
-    n: usize,
-    w: &[f32],
-    w0: usize,
-    rw: usize,
-    k: usize,
-    out_dim: usize,
-    y: SharedOut,
-) {
-    // SAFETY: forwarded from the caller, who checked AVX-512F.
-    unsafe { rows_block::<x86::Avx512>(x, n, w, w0, rw, k, out_dim, y) }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn rows_block_avx2(
-    x: &[f32],
-    n: usize,
-    w: &[f32],
-    w0: usize,
-    rw: usize,
-    k: usize,
-    out_dim: usize,
-    y: SharedOut,
-) {
-    // SAFETY: forwarded from the caller, who checked AVX2 and FMA.
-    unsafe { rows_block::<x86::Avx2>(x, n, w, w0, rw, k, out_dim, y) }
-}
-
-/// Dispatch one block to the CPU's implementation.
+/// Panels `p0..p1` for all rows, with a tile width suited to the number of rows
+/// (more panels per tile when fewer rows share it).
 ///
 /// # Safety
-/// Bounds and exclusivity as for [`tile`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn rows_block_dispatch(
-    x: &[f32],
-    n: usize,
-    w: &[f32],
-    w0: usize,
-    rw: usize,
-    k: usize,
-    out_dim: usize,
-    y: SharedOut,
-) {
-    // SAFETY: the instruction set matches what `simd()` detected.
+/// As for [`tile`].
+#[inline(always)]
+unsafe fn panel_range<V: V16>(x: &[f32], n: usize, w: &Packed, p0: usize, p1: usize, y: SharedOut) {
+    // SAFETY: forwarded from the caller.
     unsafe {
-        match simd() {
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512 => rows_block_avx512(x, n, w, w0, rw, k, out_dim, y),
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => rows_block_avx2(x, n, w, w0, rw, k, out_dim, y),
-            Simd::Scalar => rows_block::<Scalar>(x, n, w, w0, rw, k, out_dim, y),
+        if n >= 8 {
+            panels::<V, 3>(x, n, w, p0, p1, y)
+        } else if n >= 4 {
+            panels::<V, 6>(x, n, w, p0, p1, y)
+        } else {
+            panels::<V, 8>(x, n, w, p0, p1, y)
         }
     }
 }
 
-/// `out[t] = q · base[t·stride + offset ..][..q.len()]` for `t < out.len()`.
+dispatch!(fn panel_range_dispatch => panel_range(x: &[f32], n: usize, w: &Packed, p0: usize, p1: usize, y: SharedOut));
+
+/// `y[b, :] = x[b, :] Wᵀ` for `n` rows with packed weights. A row's result depends
+/// only on that row: generating a sequence alone or in any batch gives the same numbers.
+pub fn matmul_packed(x: &[f32], n: usize, w: &Packed, y: &mut [f32]) {
+    assert!(x.len() >= n * w.in_dim && y.len() >= n * w.out_dim);
+    if n == 0 {
+        return;
+    }
+    let out = SharedOut(y.as_mut_ptr());
+    let panels = w.out_dim.div_ceil(LANES);
+    let per_task = panels
+        .div_ceil(4 * rayon::current_num_threads())
+        .next_multiple_of(24)
+        .min(panels.next_multiple_of(24));
+    (0..panels.div_ceil(per_task))
+        .into_par_iter()
+        .for_each(|t| {
+            let (p0, p1) = (t * per_task, ((t + 1) * per_task).min(panels));
+            // SAFETY: rows and panels are in bounds (asserted); each task writes the
+            // columns of its own panels only.
+            unsafe { panel_range_dispatch(x, n, w, p0, p1, out) };
+        });
+}
+
+/// `out[t] = q · base[t·stride + offset ..][..q.len()]`: 16-lane accumulation over
+/// chunks, a fixed lane-reduction tree, then the tail in order.
 ///
 /// # Safety
 /// The CPU must support `V`'s instruction set.
@@ -367,78 +245,16 @@ unsafe fn dots_strided_impl<V: V16>(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn dots_strided_avx512(
-    q: &[f32],
-    base: &[f32],
-    stride: usize,
-    offset: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: the caller checked AVX-512F.
-    unsafe { dots_strided_impl::<x86::Avx512>(q, base, stride, offset, out) }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dots_strided_avx2(
-    q: &[f32],
-    base: &[f32],
-    stride: usize,
-    offset: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: the caller checked AVX2 and FMA.
-    unsafe { dots_strided_impl::<x86::Avx2>(q, base, stride, offset, out) }
-}
+dispatch!(fn dots_strided_dispatch => dots_strided_impl(q: &[f32], base: &[f32], stride: usize, offset: usize, out: &mut [f32]));
 
 /// Dot products of `q` with `out.len()` rows of `base` spaced `stride` apart, each
-/// starting `offset` into its row (attention scores over a KV cache). Same arithmetic
-/// as [`dot`].
+/// starting `offset` into its row (attention scores over a KV cache).
 pub fn dots_strided(q: &[f32], base: &[f32], stride: usize, offset: usize, out: &mut [f32]) {
     if let Some(last) = out.len().checked_sub(1) {
         assert!(base.len() >= last * stride + offset + q.len());
     }
-    // SAFETY: the instruction set matches what `simd()` detected.
-    unsafe {
-        match simd() {
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512 => dots_strided_avx512(q, base, stride, offset, out),
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => dots_strided_avx2(q, base, stride, offset, out),
-            Simd::Scalar => dots_strided_impl::<Scalar>(q, base, stride, offset, out),
-        }
-    }
-}
-
-/// Dot product with the fixed arithmetic of this module.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let mut out = [0f32];
-    dots_strided(a, b, 0, 0, &mut out);
-    out[0]
-}
-
-/// `y[b, j] = x[b, :] · w[j, :]` for `n` rows; each output has the arithmetic of
-/// [`dot`], so a row's result never depends on the other rows (decoding a sequence
-/// alone or in a batch gives identical numbers).
-pub fn matmul_rows(x: &[f32], n: usize, w: &[f32], out_dim: usize, in_dim: usize, y: &mut [f32]) {
-    assert!(x.len() >= n * in_dim && w.len() >= out_dim * in_dim && y.len() >= n * out_dim);
-    let out = SharedOut(y.as_mut_ptr());
-    let blocks = out_dim.div_ceil(TILE_W);
-    let per_task = (blocks / (4 * rayon::current_num_threads())).clamp(1, 64);
-    (0..blocks.div_ceil(per_task))
-        .into_par_iter()
-        .for_each(|t| {
-            for blk in t * per_task..((t + 1) * per_task).min(blocks) {
-                let w0 = blk * TILE_W;
-                let rw = TILE_W.min(out_dim - w0);
-                // SAFETY: rows and outputs are in bounds (asserted); each task writes the
-                // outputs of its own weight rows only.
-                unsafe { rows_block_dispatch(x, n, w, w0, rw, in_dim, out_dim, out) };
-            }
-        });
+    // SAFETY: bounds are checked by slicing inside.
+    unsafe { dots_strided_dispatch(q, base, stride, offset, out) }
 }
 
 /// `y = x Wᵀ` for `n` rows with `gemm` (y is overwritten).
@@ -480,13 +296,14 @@ pub fn matmul_tn(x: &[f32], n: usize, w: &[f32], out_dim: usize, in_dim: usize, 
     }
 }
 
-/// Apply a dense layer to `n` rows: `rowwise` selects the batch-independent kernel.
+/// Apply a dense layer to `n` rows: the packed row-independent kernel when `rowwise`,
+/// `gemm` otherwise.
 pub fn linear(x: &[f32], n: usize, lin: &Linear, y: &mut [f32], rowwise: bool) {
-    let (o, i) = (lin.out_dim, lin.in_dim);
+    let o = lin.out_dim;
     if rowwise {
-        matmul_rows(x, n, &lin.w, o, i, y);
+        matmul_packed(x, n, lin.packed(), y);
     } else {
-        matmul_tn(x, n, &lin.w, o, i, y);
+        matmul_tn(x, n, &lin.w, o, lin.in_dim, y);
     }
     if let Some(b) = &lin.b {
         for row in y[..n * o].chunks_exact_mut(o) {
@@ -499,6 +316,7 @@ pub fn linear(x: &[f32], n: usize, lin: &Linear, y: &mut [f32], rowwise: bool) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::simd::Scalar;
     use super::*;
 
     fn naive(x: &[f32], n: usize, w: &[f32], o: usize, i: usize) -> Vec<f64> {
@@ -519,50 +337,64 @@ mod tests {
 
     #[test]
     fn both_kernels_match_naive_product() {
-        let (n, o, i) = (7, 45, 37);
-        let x = data(n * i, 0.1);
+        let (o, i) = (45, 37);
         let w = data(o * i, 0.7);
-        let expect = naive(&x, n, &w, o, i);
-        let mut a = vec![0f32; n * o];
-        let mut b = vec![0f32; n * o];
-        matmul_rows(&x, n, &w, o, i, &mut a);
-        matmul_tn(&x, n, &w, o, i, &mut b);
-        for k in 0..n * o {
-            assert!((a[k] as f64 - expect[k]).abs() < 1e-4, "rows {k}");
-            assert!((b[k] as f64 - expect[k]).abs() < 1e-4, "gemm {k}");
+        let packed = Packed::new(&w, o, i);
+        for n in [1, 3, 7, 13] {
+            let x = data(n * i, 0.1);
+            let expect = naive(&x, n, &w, o, i);
+            let mut a = vec![0f32; n * o];
+            let mut b = vec![0f32; n * o];
+            matmul_packed(&x, n, &packed, &mut a);
+            matmul_tn(&x, n, &w, o, i, &mut b);
+            for k in 0..n * o {
+                assert!((a[k] as f64 - expect[k]).abs() < 1e-4, "packed n={n} {k}");
+                assert!((b[k] as f64 - expect[k]).abs() < 1e-4, "gemm n={n} {k}");
+            }
         }
     }
 
     #[test]
-    fn rowwise_result_does_not_depend_on_batch() {
-        let (n, o, i) = (5, 33, 70);
-        let x = data(n * i, 0.3);
+    fn packed_result_of_a_row_does_not_depend_on_the_batch() {
+        let (o, i) = (1000, 70);
         let w = data(o * i, 0.9);
+        let packed = Packed::new(&w, o, i);
+        let n = 19;
+        let x = data(n * i, 0.3);
         let mut all = vec![0f32; n * o];
-        matmul_rows(&x, n, &w, o, i, &mut all);
+        matmul_packed(&x, n, &packed, &mut all);
         for b in 0..n {
-            let mut one = vec![0f32; o];
-            matmul_rows(&x[b * i..(b + 1) * i], 1, &w, o, i, &mut one);
-            assert_eq!(&all[b * o..(b + 1) * o], one.as_slice());
+            for m in [1usize, 2, 5] {
+                let rows = &x[b * i..(b + 1) * i].repeat(m);
+                let mut some = vec![0f32; m * o];
+                matmul_packed(rows, m, &packed, &mut some);
+                assert_eq!(
+                    &all[b * o..(b + 1) * o],
+                    &some[(m - 1) * o..],
+                    "row {b} in {m}"
+                );
+            }
         }
     }
 
     #[test]
     fn simd_and_scalar_paths_are_bit_identical() {
-        let (n, o, k) = (6, 11, 83);
+        let (n, o, k) = (11, 83, 57);
         let x = data(n * k, 0.2);
         let w = data(o * k, 0.4);
+        let packed = Packed::new(&w, o, k);
         let mut fast = vec![0f32; n * o];
-        matmul_rows(&x, n, &w, o, k, &mut fast);
+        matmul_packed(&x, n, &packed, &mut fast);
         let mut slow = vec![0f32; n * o];
-        for w0 in (0..o).step_by(TILE_W) {
-            let rw = TILE_W.min(o - w0);
-            // SAFETY: in bounds; single-threaded; the scalar path needs no CPU feature.
-            unsafe { rows_block::<Scalar>(&x, n, &w, w0, rw, k, o, SharedOut(slow.as_mut_ptr())) };
-        }
+        let panels = o.div_ceil(LANES);
+        // SAFETY: in bounds; single-threaded; the scalar path needs no CPU feature.
+        unsafe { panel_range::<Scalar>(&x, n, &packed, 0, panels, SharedOut(slow.as_mut_ptr())) };
         assert_eq!(fast, slow);
-        let mut scores = vec![0f32; 3];
-        dots_strided(&x[..k], &w, k, 0, &mut scores);
-        assert_eq!(scores, [slow[0], slow[1], slow[2]]);
+        let mut fast_dots = vec![0f32; 5];
+        dots_strided(&x[..k], &w, k, 0, &mut fast_dots);
+        let mut slow_dots = vec![0f32; 5];
+        // SAFETY: as above.
+        unsafe { dots_strided_impl::<Scalar>(&x[..k], &w, k, 0, &mut slow_dots) };
+        assert_eq!(fast_dots, slow_dots);
     }
 }

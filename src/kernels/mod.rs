@@ -2,8 +2,9 @@
 //! attention over a KV cache, SwiGLU and softmax. The transformer calls only these.
 
 mod matmul;
+pub mod simd;
 
-pub use matmul::{dot, dots_strided, linear, matmul_rows, matmul_tn};
+pub use matmul::{Packed, dots_strided, linear, matmul_packed, matmul_tn};
 
 /// `out[r] = x[r] / rms(x[r]) * w` for each row of width `w.len()`.
 pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {

@@ -341,7 +341,7 @@ impl Model {
         }
         let logits = grow(&mut ws.logits, m * c.vocab);
         if rowwise {
-            kernels::matmul_rows(sel, m, self.weights.lm_head(), c.vocab, d, logits);
+            kernels::matmul_packed(sel, m, self.weights.lm_head_packed(), logits);
         } else {
             kernels::matmul_tn(sel, m, self.weights.lm_head(), c.vocab, d, logits);
         }

@@ -2,7 +2,9 @@
 //! (GGUF or safetensors), addressed by Hugging Face tensor names.
 
 use super::config::{Arch, Config};
+use crate::kernels::Packed;
 use anyhow::{Result, bail};
+use std::sync::OnceLock;
 
 /// A dense layer `y = x Wᵀ + b` with `W` stored row-major as `[out, in]`.
 #[derive(Clone, Debug)]
@@ -11,6 +13,26 @@ pub struct Linear {
     pub b: Option<Vec<f32>>,
     pub out_dim: usize,
     pub in_dim: usize,
+    /// `w` repacked for generation, made on first use.
+    packed: OnceLock<Packed>,
+}
+
+impl Linear {
+    pub fn new(w: Vec<f32>, b: Option<Vec<f32>>, out_dim: usize, in_dim: usize) -> Linear {
+        Linear {
+            w,
+            b,
+            out_dim,
+            in_dim,
+            packed: OnceLock::new(),
+        }
+    }
+
+    /// The weights packed for the row-independent generation kernel.
+    pub fn packed(&self) -> &Packed {
+        self.packed
+            .get_or_init(|| Packed::new(&self.w, self.out_dim, self.in_dim))
+    }
 }
 
 /// The seven projections of a decoder layer, by their Hugging Face names.
@@ -93,12 +115,22 @@ pub struct Weights {
     pub final_norm: Vec<f32>,
     /// `None` when the LM head is tied to the embeddings.
     pub lm_head: Option<Vec<f32>>,
+    /// The LM head packed for generation, made on first use.
+    lm_head_packed: OnceLock<Packed>,
 }
 
 impl Weights {
     /// The LM head matrix `[vocab, hidden]`.
     pub fn lm_head(&self) -> &[f32] {
         self.lm_head.as_deref().unwrap_or(&self.embed)
+    }
+
+    /// The LM head packed for the row-independent generation kernel.
+    pub fn lm_head_packed(&self) -> &Packed {
+        self.lm_head_packed.get_or_init(|| {
+            let hidden = self.final_norm.len();
+            Packed::new(self.lm_head(), self.lm_head().len() / hidden, hidden)
+        })
     }
 }
 
@@ -127,12 +159,7 @@ pub fn load(config: &Config, src: &dyn TensorSource) -> Result<Weights> {
             } else {
                 None
             };
-            Ok(Linear {
-                w,
-                b,
-                out_dim,
-                in_dim,
-            })
+            Ok(Linear::new(w, b, out_dim, in_dim))
         };
         let proj = [
             linear(Proj::Q)?,
@@ -168,5 +195,6 @@ pub fn load(config: &Config, src: &dyn TensorSource) -> Result<Weights> {
         layers,
         final_norm,
         lm_head,
+        lm_head_packed: OnceLock::new(),
     })
 }
