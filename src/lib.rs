@@ -7,6 +7,7 @@ pub mod kernels;
 pub mod model;
 pub mod sample;
 pub mod tokenize;
+pub mod train;
 
 #[cfg(test)]
 mod testutil;

@@ -257,43 +257,109 @@ pub fn dots_strided(q: &[f32], base: &[f32], stride: usize, offset: usize, out: 
     unsafe { dots_strided_dispatch(q, base, stride, offset, out) }
 }
 
-/// `y = x Wᵀ` for `n` rows with `gemm` (y is overwritten).
-pub fn matmul_tn(x: &[f32], n: usize, w: &[f32], out_dim: usize, in_dim: usize, y: &mut [f32]) {
-    assert!(x.len() >= n * in_dim && w.len() >= out_dim * in_dim && y.len() >= n * out_dim);
-    if n == 0 {
+/// A read-only strided matrix view: element `(i, j)` is `data[i·rs + j·cs]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// Row-major `rows × cols`.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> MatRef<'a> {
+        MatRef {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose (no copy).
+    pub fn t(self) -> MatRef<'a> {
+        MatRef {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    fn check(&self) {
+        if self.rows > 0 && self.cols > 0 {
+            let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
+            assert!(last < self.data.len(), "matrix view out of bounds");
+        }
+    }
+}
+
+/// `dst = scale · a · b` (or `dst += scale · a · b` when `accumulate`), `dst` row-major
+/// `a.rows × b.cols`, with `gemm`.
+pub fn matmul(dst: &mut [f32], a: MatRef, b: MatRef, scale: f32, accumulate: bool) {
+    assert_eq!(a.cols, b.rows, "inner dimensions differ");
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    assert!(dst.len() >= m * n);
+    a.check();
+    b.check();
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
         return;
     }
     let threads = rayon::current_num_threads();
-    let par = if threads > 1 && n * out_dim * in_dim > 1 << 16 {
+    let par = if threads > 1 && m * n * k > 1 << 16 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the pointers cover m×k, k×n and m×n elements with the given strides
-    // (checked by the assertion above).
+    // SAFETY: the views were bounds-checked above and dst holds m×n elements.
     unsafe {
         gemm::gemm(
+            m,
             n,
-            out_dim,
-            in_dim,
-            y.as_mut_ptr(),
+            k,
+            dst.as_mut_ptr(),
             1,
-            out_dim as isize,
-            false,
-            x.as_ptr(),
-            1,
-            in_dim as isize,
-            w.as_ptr(),
-            in_dim as isize,
-            1,
-            0.0,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
             1.0,
+            scale,
             false,
             false,
             false,
             par,
         );
     }
+}
+
+/// `y = x Wᵀ` for `n` rows with `gemm` (y is overwritten).
+pub fn matmul_tn(x: &[f32], n: usize, w: &[f32], out_dim: usize, in_dim: usize, y: &mut [f32]) {
+    assert!(x.len() >= n * in_dim && w.len() >= out_dim * in_dim && y.len() >= n * out_dim);
+    if n == 0 {
+        return;
+    }
+    matmul(
+        y,
+        MatRef::new(x, n, in_dim),
+        MatRef::new(w, out_dim, in_dim).t(),
+        1.0,
+        false,
+    );
 }
 
 /// Apply a dense layer to `n` rows: the packed row-independent kernel when `rowwise`,
@@ -396,5 +462,27 @@ mod tests {
         // SAFETY: as above.
         unsafe { dots_strided_impl::<Scalar>(&x[..k], &w, k, 0, &mut slow_dots) };
         assert_eq!(fast_dots, slow_dots);
+    }
+
+    #[test]
+    fn strided_matmul_handles_transposes_and_accumulation() {
+        let a = data(3 * 4, 0.1); // 3×4
+        let b = data(5 * 4, 0.2); // 5×4, used as its transpose 4×5
+        let mut y = vec![1f32; 15];
+        matmul(&mut y, MatRef::new(&a, 3, 4), MatRef::new(&b, 5, 4).t(), 2.0, true);
+        for i in 0..3 {
+            for j in 0..5 {
+                let want: f32 = 1.0 + 2.0 * (0..4).map(|k| a[i * 4 + k] * b[j * 4 + k]).sum::<f32>();
+                assert!((y[i * 5 + j] - want).abs() < 1e-5);
+            }
+        }
+        // aᵀ·a is 4×4 and symmetric.
+        let mut g = vec![0f32; 16];
+        matmul(&mut g, MatRef::new(&a, 3, 4).t(), MatRef::new(&a, 3, 4), 1.0, false);
+        for i in 0..4 {
+            for j in 0..4 {
+                assert!((g[i * 4 + j] - g[j * 4 + i]).abs() < 1e-6);
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@
 mod matmul;
 pub mod simd;
 
-pub use matmul::{Packed, dots_strided, linear, matmul_packed, matmul_tn};
+pub use matmul::{MatRef, Packed, dots_strided, linear, matmul, matmul_packed, matmul_tn};
 
 /// `out[r] = x[r] / rms(x[r]) * w` for each row of width `w.len()`.
 pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -15,6 +15,33 @@ pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
             *o = g * (v * inv);
         }
+    }
+}
+
+/// Backward of [`rmsnorm`] for each row: `dx` receives (adds) the gradient given the
+/// input `x`, the weight `w` and the output gradient `dy`.
+pub fn rmsnorm_backward(x: &[f32], w: &[f32], eps: f32, dy: &[f32], dx: &mut [f32]) {
+    let d = w.len();
+    for ((xr, dyr), dxr) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let inv = 1.0 / (ss + eps).sqrt();
+        let dot: f32 = xr.iter().zip(dyr).zip(w).map(|((&x, &g), &wv)| x * g * wv).sum();
+        let k = inv * inv * inv * dot / d as f32;
+        for (((o, &x), &g), &wv) in dxr.iter_mut().zip(xr).zip(dyr).zip(w) {
+            *o += inv * wv * g - x * k;
+        }
+    }
+}
+
+/// Backward of [`swiglu`]: from the inputs `gate`, `up` and the output gradient `dh`,
+/// write the gradients of gate and up.
+pub fn swiglu_backward(gate: &[f32], up: &[f32], dh: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
+    for i in 0..gate.len() {
+        let g = gate[i];
+        let sig = 1.0 / (1.0 + exp(-g));
+        let silu = g * sig;
+        dup[i] = dh[i] * silu;
+        dgate[i] = dh[i] * up[i] * sig * (1.0 + g * (1.0 - sig));
     }
 }
 
@@ -53,6 +80,15 @@ impl Rope {
 
     /// Rotate every head of one token's vector `x` (`heads × head_dim`) at position `pos`.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
+        self.rotate(x, pos, 1.0);
+    }
+
+    /// The inverse rotation (the backward of [`Rope::apply`], as rotations are orthogonal).
+    pub fn apply_inverse(&self, x: &mut [f32], pos: usize) {
+        self.rotate(x, pos, -1.0);
+    }
+
+    fn rotate(&self, x: &mut [f32], pos: usize, sign: f32) {
         let h = self.half;
         let c = &self.cos[pos * h..(pos + 1) * h];
         let s = &self.sin[pos * h..(pos + 1) * h];
@@ -60,8 +96,9 @@ impl Rope {
             let (a, b) = head.split_at_mut(h);
             for i in 0..h {
                 let (x0, x1) = (a[i], b[i]);
-                a[i] = x0 * c[i] - x1 * s[i];
-                b[i] = x1 * c[i] + x0 * s[i];
+                let si = sign * s[i];
+                a[i] = x0 * c[i] - x1 * si;
+                b[i] = x1 * c[i] + x0 * si;
             }
         }
     }

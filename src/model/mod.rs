@@ -5,6 +5,7 @@ pub mod config;
 pub mod fetch;
 pub mod gguf;
 pub(crate) mod loader;
+pub mod lora;
 pub mod quant;
 pub mod transformer;
 pub mod weights;

@@ -1,0 +1,518 @@
+//! One training pass over a batch of sequences under base weights + a LoRA adapter:
+//! the summed log-probability of each sequence's label tokens, and the backward of any
+//! loss of those sums into the adapter's `A` and `B` (never into base weights).
+//!
+//! Memory: only each layer's input is kept; the backward recomputes one layer at a time.
+//! The LM head and log-softmax run in chunks over label positions only, so no
+//! `[tokens × vocab]` tensor exists.
+
+use crate::kernels::{self, MatRef, matmul};
+use crate::model::Model;
+use crate::model::lora::{Adapter, LoraPair};
+use crate::model::weights::{Layer, Proj};
+use anyhow::{Result, bail};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+/// Label rows processed together by the LM head.
+const HEAD_CHUNK: usize = 64;
+
+/// One training sequence: `ids[t]` for `t ≥ label_from` are labels (predicted from
+/// the positions before them). `label_from ≥ 1`.
+#[derive(Clone, Copy, Debug)]
+pub struct Example<'a> {
+    pub ids: &'a [u32],
+    pub label_from: usize,
+}
+
+/// Dropout on the adapter inputs: probability and the seed of this pass's masks.
+#[derive(Clone, Copy, Debug)]
+pub struct Dropout {
+    pub p: f32,
+    pub seed: u64,
+}
+
+/// Per-sequence sums of label log-probabilities and label counts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogProbs {
+    pub sums: Vec<f64>,
+    pub counts: Vec<usize>,
+}
+
+/// What the backward needs from the forward.
+pub struct Tape {
+    /// Input of every layer, then the final hidden state: `layers + 1` buffers of n × d.
+    inputs: Vec<Vec<f32>>,
+    /// (first row, length) of each sequence.
+    segments: Vec<(usize, usize)>,
+    /// (row, label id, log-sum-exp) of every label row, in row order.
+    labels: Vec<(usize, u32, f32)>,
+    dropout: Option<Dropout>,
+}
+
+/// Gradients shaped like the adapter (`a` holds dA, `b` holds dB).
+pub fn zero_grads(adapter: &Adapter) -> Adapter {
+    let mut g = adapter.clone();
+    for p in g.iter_mut() {
+        p.a.fill(0.0);
+        p.b.fill(0.0);
+    }
+    g
+}
+
+fn dropout_mask(d: Dropout, layer: usize, p: Proj, n: usize) -> Vec<f32> {
+    let seed = crate::sample::sample_seed(d.seed, layer, p as usize);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let keep = 1.0 / (1.0 - d.p);
+    (0..n)
+        .map(|_| if rng.random::<f32>() < d.p { 0.0 } else { keep })
+        .collect()
+}
+
+/// Activations of one projection with its LoRA branch.
+struct ProjActs {
+    /// Adapter input (after dropout), n × in; empty when it equals the layer input.
+    xd: Vec<f32>,
+    /// `xd Aᵀ`, n × r.
+    u: Vec<f32>,
+}
+
+/// `y = x Wᵀ + b + s·(xd Aᵀ) Bᵀ`.
+fn proj_forward(
+    x: &[f32],
+    n: usize,
+    layer: &Layer,
+    p: Proj,
+    pair: Option<&LoraPair>,
+    scale: f32,
+    r: usize,
+    mask: Option<Vec<f32>>,
+    y: &mut [f32],
+) -> Option<ProjActs> {
+    let lin = layer.get(p);
+    kernels::linear(x, n, lin, y, false);
+    let pair = pair?;
+    let xd: Vec<f32> = match mask {
+        Some(m) => x.iter().zip(&m).map(|(a, b)| a * b).collect(),
+        None => Vec::new(),
+    };
+    let xin = if xd.is_empty() { x } else { &xd };
+    let mut u = vec![0f32; n * r];
+    matmul(
+        &mut u,
+        MatRef::new(xin, n, lin.in_dim),
+        MatRef::new(&pair.a, r, lin.in_dim).t(),
+        1.0,
+        false,
+    );
+    matmul(
+        y,
+        MatRef::new(&u, n, r),
+        MatRef::new(&pair.b, lin.out_dim, r).t(),
+        scale,
+        true,
+    );
+    Some(ProjActs { xd, u })
+}
+
+/// Backward of [`proj_forward`]: `dx += dy W + s·(dy B) A ⊙ mask`, and the pair's
+/// gradients accumulate into `g`.
+#[allow(clippy::too_many_arguments)]
+fn proj_backward(
+    x: &[f32],
+    n: usize,
+    layer: &Layer,
+    p: Proj,
+    pair: Option<&LoraPair>,
+    acts: Option<&ProjActs>,
+    mask: Option<&[f32]>,
+    scale: f32,
+    r: usize,
+    dy: &[f32],
+    dx: &mut [f32],
+    g: Option<&mut LoraPair>,
+) {
+    let lin = layer.get(p);
+    let (o, i) = (lin.out_dim, lin.in_dim);
+    matmul(dx, MatRef::new(dy, n, o), MatRef::new(&lin.w, o, i), 1.0, true);
+    let (Some(pair), Some(acts), Some(g)) = (pair, acts, g) else {
+        return;
+    };
+    let xin = if acts.xd.is_empty() { x } else { &acts.xd };
+    // dB += s · dyᵀ u
+    matmul(
+        &mut g.b,
+        MatRef::new(dy, n, o).t(),
+        MatRef::new(&acts.u, n, r),
+        scale,
+        true,
+    );
+    // gu = dy B (n × r); dA += s · guᵀ xd; dx += s · (gu A) ⊙ mask
+    let mut gu = vec![0f32; n * r];
+    matmul(&mut gu, MatRef::new(dy, n, o), MatRef::new(&pair.b, o, r), 1.0, false);
+    matmul(
+        &mut g.a,
+        MatRef::new(&gu, n, r).t(),
+        MatRef::new(xin, n, i),
+        scale,
+        true,
+    );
+    match mask {
+        None => matmul(dx, MatRef::new(&gu, n, r), MatRef::new(&pair.a, r, i), scale, true),
+        Some(m) => {
+            let mut t = vec![0f32; n * i];
+            matmul(&mut t, MatRef::new(&gu, n, r), MatRef::new(&pair.a, r, i), scale, false);
+            for ((d, &tv), &mv) in dx.iter_mut().zip(&t).zip(m) {
+                *d += tv * mv;
+            }
+        }
+    }
+}
+
+/// Everything one layer's forward produces that its backward uses.
+struct LayerActs {
+    xn1: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Attention probabilities per (segment, head): len × len each.
+    probs: Vec<Vec<f32>>,
+    att: Vec<f32>,
+    x2: Vec<f32>,
+    xn2: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    h: Vec<f32>,
+    proj: [Option<ProjActs>; 7],
+    masks: [Option<Vec<f32>>; 7],
+}
+
+struct Ctx<'a> {
+    model: &'a Model,
+    adapter: &'a Adapter,
+    n: usize,
+    segments: &'a [(usize, usize)],
+    dropout: Option<Dropout>,
+}
+
+impl Ctx<'_> {
+    fn mask(&self, li: usize, p: Proj, len: usize) -> Option<Vec<f32>> {
+        let d = self.dropout.filter(|d| d.p > 0.0)?;
+        self.adapter.get(li, p)?;
+        Some(dropout_mask(d, li, p, len))
+    }
+
+    /// Layer `li` forward from `x` (n × d); returns the output and the activations.
+    fn layer_forward(&self, li: usize, x: &[f32]) -> (Vec<f32>, LayerActs) {
+        let m = self.model;
+        let c = &m.config;
+        let layer = &m.weights.layers[li];
+        let (n, d, qd, kvd, hd) = (self.n, c.hidden, c.q_dim(), c.kv_dim(), c.head_dim);
+        let (scale, r) = (self.adapter.config.scale(), self.adapter.config.r);
+        let mut masks: [Option<Vec<f32>>; 7] = Default::default();
+        for p in Proj::ALL {
+            let (_, in_dim) = p.shape(c);
+            masks[p as usize] = self.mask(li, p, n * in_dim);
+        }
+        let mut proj: [Option<ProjActs>; 7] = Default::default();
+        let mut fwd = |p: Proj, input: &[f32], y: &mut [f32]| {
+            proj[p as usize] = proj_forward(
+                input,
+                n,
+                layer,
+                p,
+                self.adapter.get(li, p),
+                scale,
+                r,
+                masks[p as usize].clone(),
+                y,
+            );
+        };
+        let mut xn1 = vec![0f32; n * d];
+        kernels::rmsnorm(x, &layer.attn_norm, c.rms_eps, &mut xn1);
+        let (mut q, mut k, mut v) = (vec![0f32; n * qd], vec![0f32; n * kvd], vec![0f32; n * kvd]);
+        fwd(Proj::Q, &xn1, &mut q);
+        fwd(Proj::K, &xn1, &mut k);
+        fwd(Proj::V, &xn1, &mut v);
+        for &(r0, len) in self.segments {
+            for t in 0..len {
+                m.rope.apply(&mut q[(r0 + t) * qd..(r0 + t + 1) * qd], t);
+                m.rope.apply(&mut k[(r0 + t) * kvd..(r0 + t + 1) * kvd], t);
+            }
+        }
+        let group = c.heads / c.kv_heads;
+        let tasks: Vec<(usize, usize)> = (0..self.segments.len())
+            .flat_map(|s| (0..c.heads).map(move |h| (s, h)))
+            .collect();
+        let att_scale = 1.0 / (hd as f32).sqrt();
+        let results: Vec<(Vec<f32>, Vec<f32>)> = tasks
+            .par_iter()
+            .map(|&(s, h)| {
+                let (r0, len) = self.segments[s];
+                let g = h / group;
+                let qv = MatRef { data: &q[r0 * qd + h * hd..], rows: len, cols: hd, rs: qd, cs: 1 };
+                let kv = MatRef { data: &k[r0 * kvd + g * hd..], rows: len, cols: hd, rs: kvd, cs: 1 };
+                let vv = MatRef { data: &v[r0 * kvd + g * hd..], rows: len, cols: hd, rs: kvd, cs: 1 };
+                let mut p = vec![0f32; len * len];
+                matmul(&mut p, qv, kv.t(), att_scale, false);
+                for (t, row) in p.chunks_exact_mut(len).enumerate() {
+                    kernels::softmax(&mut row[..=t]);
+                    row[t + 1..].fill(0.0);
+                }
+                let mut o = vec![0f32; len * hd];
+                matmul(&mut o, MatRef::new(&p, len, len), vv, 1.0, false);
+                (p, o)
+            })
+            .collect();
+        let mut att = vec![0f32; n * qd];
+        let mut probs = Vec::with_capacity(tasks.len());
+        for (&(s, h), (p, o)) in tasks.iter().zip(results) {
+            let (r0, len) = self.segments[s];
+            for t in 0..len {
+                att[(r0 + t) * qd + h * hd..(r0 + t) * qd + (h + 1) * hd]
+                    .copy_from_slice(&o[t * hd..(t + 1) * hd]);
+            }
+            probs.push(p);
+        }
+        let mut x2 = vec![0f32; n * d];
+        fwd(Proj::O, &att, &mut x2);
+        for (a, &b) in x2.iter_mut().zip(x) {
+            *a += b;
+        }
+        let mut xn2 = vec![0f32; n * d];
+        kernels::rmsnorm(&x2, &layer.ffn_norm, c.rms_eps, &mut xn2);
+        let (mut gate, mut up) = (vec![0f32; n * c.ffn], vec![0f32; n * c.ffn]);
+        fwd(Proj::Gate, &xn2, &mut gate);
+        fwd(Proj::Up, &xn2, &mut up);
+        let mut h = gate.clone();
+        kernels::swiglu(&mut h, &up);
+        let mut out = vec![0f32; n * d];
+        fwd(Proj::Down, &h, &mut out);
+        for (a, &b) in out.iter_mut().zip(&x2) {
+            *a += b;
+        }
+        let acts = LayerActs { xn1, q, k, v, probs, att, x2, xn2, gate, up, h, proj, masks };
+        (out, acts)
+    }
+
+    /// Backward of layer `li`: from the gradient of its output `dout`, return the
+    /// gradient of its input and accumulate adapter gradients.
+    fn layer_backward(&self, li: usize, x: &[f32], a: &LayerActs, dout: &[f32], grads: &mut Adapter) -> Vec<f32> {
+        let m = self.model;
+        let c = &m.config;
+        let layer = &m.weights.layers[li];
+        let (n, d, qd, kvd, hd) = (self.n, c.hidden, c.q_dim(), c.kv_dim(), c.head_dim);
+        let (scale, r) = (self.adapter.config.scale(), self.adapter.config.r);
+        let mut bwd = |p: Proj, input: &[f32], dy: &[f32], dx: &mut [f32], grads: &mut Adapter| {
+            let g = grads.pairs[li][p as usize].as_mut();
+            proj_backward(
+                input,
+                n,
+                layer,
+                p,
+                self.adapter.get(li, p),
+                a.proj[p as usize].as_ref(),
+                a.masks[p as usize].as_deref(),
+                scale,
+                r,
+                dy,
+                dx,
+                g,
+            );
+        };
+        // MLP
+        let mut dh = vec![0f32; n * c.ffn];
+        bwd(Proj::Down, &a.h, dout, &mut dh, grads);
+        let (mut dgate, mut dup) = (vec![0f32; n * c.ffn], vec![0f32; n * c.ffn]);
+        kernels::swiglu_backward(&a.gate, &a.up, &dh, &mut dgate, &mut dup);
+        let mut dxn2 = vec![0f32; n * d];
+        bwd(Proj::Gate, &a.xn2, &dgate, &mut dxn2, grads);
+        bwd(Proj::Up, &a.xn2, &dup, &mut dxn2, grads);
+        let mut dx2 = dout.to_vec();
+        kernels::rmsnorm_backward(&a.x2, &layer.ffn_norm, c.rms_eps, &dxn2, &mut dx2);
+        // Attention
+        let mut datt = vec![0f32; n * qd];
+        bwd(Proj::O, &a.att, &dx2, &mut datt, grads);
+        let group = c.heads / c.kv_heads;
+        let att_scale = 1.0 / (hd as f32).sqrt();
+        let tasks: Vec<(usize, usize)> = (0..self.segments.len())
+            .flat_map(|s| (0..c.kv_heads).map(move |g| (s, g)))
+            .collect();
+        type Parts = (Vec<(usize, Vec<f32>)>, Vec<f32>, Vec<f32>);
+        let parts: Vec<Parts> = tasks
+            .par_iter()
+            .map(|&(s, g)| {
+                let (r0, len) = self.segments[s];
+                let kv = MatRef { data: &a.k[r0 * kvd + g * hd..], rows: len, cols: hd, rs: kvd, cs: 1 };
+                let vv = MatRef { data: &a.v[r0 * kvd + g * hd..], rows: len, cols: hd, rs: kvd, cs: 1 };
+                let mut dk = vec![0f32; len * hd];
+                let mut dv = vec![0f32; len * hd];
+                let mut dqs = Vec::with_capacity(group);
+                for h in g * group..(g + 1) * group {
+                    let p = &a.probs[s * c.heads + h];
+                    let pm = MatRef::new(p, len, len);
+                    let dov = MatRef { data: &datt[r0 * qd + h * hd..], rows: len, cols: hd, rs: qd, cs: 1 };
+                    let qv = MatRef { data: &a.q[r0 * qd + h * hd..], rows: len, cols: hd, rs: qd, cs: 1 };
+                    matmul(&mut dv, pm.t(), dov, 1.0, true);
+                    let mut dp = vec![0f32; len * len];
+                    matmul(&mut dp, dov, vv.t(), 1.0, false);
+                    for (t, (dr, pr)) in dp.chunks_exact_mut(len).zip(p.chunks_exact(len)).enumerate() {
+                        let dot: f32 = dr[..=t].iter().zip(&pr[..=t]).map(|(x, y)| x * y).sum();
+                        for (dv_, &pv) in dr.iter_mut().zip(pr) {
+                            *dv_ = pv * (*dv_ - dot);
+                        }
+                    }
+                    let mut dq = vec![0f32; len * hd];
+                    matmul(&mut dq, MatRef::new(&dp, len, len), kv, att_scale, false);
+                    matmul(&mut dk, MatRef::new(&dp, len, len).t(), qv, att_scale, true);
+                    dqs.push((h, dq));
+                }
+                (dqs, dk, dv)
+            })
+            .collect();
+        let (mut dq, mut dk, mut dv) = (vec![0f32; n * qd], vec![0f32; n * kvd], vec![0f32; n * kvd]);
+        for (&(s, g), (dqs, dkp, dvp)) in tasks.iter().zip(parts) {
+            let (r0, len) = self.segments[s];
+            for t in 0..len {
+                let row = r0 + t;
+                dk[row * kvd + g * hd..row * kvd + (g + 1) * hd].copy_from_slice(&dkp[t * hd..(t + 1) * hd]);
+                dv[row * kvd + g * hd..row * kvd + (g + 1) * hd].copy_from_slice(&dvp[t * hd..(t + 1) * hd]);
+                for (h, dqh) in &dqs {
+                    dq[row * qd + h * hd..row * qd + (h + 1) * hd].copy_from_slice(&dqh[t * hd..(t + 1) * hd]);
+                }
+            }
+        }
+        for &(r0, len) in self.segments {
+            for t in 0..len {
+                m.rope.apply_inverse(&mut dq[(r0 + t) * qd..(r0 + t + 1) * qd], t);
+                m.rope.apply_inverse(&mut dk[(r0 + t) * kvd..(r0 + t + 1) * kvd], t);
+            }
+        }
+        let mut dxn1 = vec![0f32; n * d];
+        bwd(Proj::Q, &a.xn1, &dq, &mut dxn1, grads);
+        bwd(Proj::K, &a.xn1, &dk, &mut dxn1, grads);
+        bwd(Proj::V, &a.xn1, &dv, &mut dxn1, grads);
+        kernels::rmsnorm_backward(x, &layer.attn_norm, c.rms_eps, &dxn1, &mut dx2);
+        dx2
+    }
+}
+
+/// Forward over `batch`: label log-prob sums per sequence, and the tape for [`backward`].
+pub fn forward(
+    model: &Model,
+    adapter: &Adapter,
+    batch: &[Example],
+    dropout: Option<Dropout>,
+) -> Result<(LogProbs, Tape)> {
+    let c = &model.config;
+    let d = c.hidden;
+    let mut segments = Vec::with_capacity(batch.len());
+    let mut n = 0;
+    for (i, e) in batch.iter().enumerate() {
+        if e.ids.is_empty() || e.label_from == 0 || e.label_from > e.ids.len() {
+            bail!("example {i}: label_from {} is outside 1..={}", e.label_from, e.ids.len());
+        }
+        if e.ids.len() > model.context_len() {
+            bail!("example {i}: {} tokens exceed the model context of {}", e.ids.len(), model.context_len());
+        }
+        if let Some(&t) = e.ids.iter().find(|&&t| t as usize >= c.vocab) {
+            bail!("example {i}: token id {t} is outside the vocabulary ({})", c.vocab);
+        }
+        segments.push((n, e.ids.len()));
+        n += e.ids.len();
+    }
+    adapter.check_fits(c)?;
+    let mut x = vec![0f32; n * d];
+    for (row, &t) in batch.iter().flat_map(|e| e.ids.iter()).enumerate() {
+        let t = t as usize;
+        x[row * d..(row + 1) * d].copy_from_slice(&model.weights.embed[t * d..(t + 1) * d]);
+    }
+    let ctx = Ctx { model, adapter, n, segments: &segments, dropout };
+    let mut inputs = Vec::with_capacity(c.layers + 1);
+    for li in 0..c.layers {
+        let (out, _) = ctx.layer_forward(li, &x);
+        inputs.push(std::mem::replace(&mut x, out));
+    }
+    // Label rows: row of position t-1 predicts ids[t].
+    let mut labels = Vec::new();
+    for (e, &(r0, len)) in batch.iter().zip(&segments) {
+        for t in e.label_from..len {
+            labels.push((r0 + t - 1, e.ids[t], 0f32));
+        }
+    }
+    let mut sums = vec![0f64; batch.len()];
+    let counts: Vec<usize> = batch.iter().map(|e| e.ids.len() - e.label_from).collect();
+    let seg_of = |row: usize| segments.partition_point(|&(r0, _)| r0 <= row) - 1;
+    for chunk in labels.chunks_mut(HEAD_CHUNK) {
+        let logits = head_logits(model, &x, chunk);
+        for (lab, row) in chunk.iter_mut().zip(logits.chunks_exact(c.vocab)) {
+            let lse = kernels::log_sum_exp(row);
+            lab.2 = lse as f32;
+            sums[seg_of(lab.0)] += row[lab.1 as usize] as f64 - lse;
+        }
+    }
+    inputs.push(x);
+    Ok((LogProbs { sums, counts }, Tape { inputs, segments, labels, dropout }))
+}
+
+/// Logits (`rows × vocab`) of the final-normed hidden states of `rows`.
+fn head_logits(model: &Model, x: &[f32], rows: &[(usize, u32, f32)]) -> Vec<f32> {
+    let c = &model.config;
+    let d = c.hidden;
+    let mut xn = vec![0f32; rows.len() * d];
+    for (i, &(r, _, _)) in rows.iter().enumerate() {
+        kernels::rmsnorm(&x[r * d..(r + 1) * d], &model.weights.final_norm, c.rms_eps, &mut xn[i * d..(i + 1) * d]);
+    }
+    let mut logits = vec![0f32; rows.len() * c.vocab];
+    kernels::matmul_tn(&xn, rows.len(), model.weights.lm_head(), c.vocab, d, &mut logits);
+    logits
+}
+
+/// Backward of a loss `L(sums)` given `dsum[i] = ∂L/∂sums[i]`: accumulates `∂L/∂A`,
+/// `∂L/∂B` of every adapter pair into `grads` (shaped by [`zero_grads`]).
+pub fn backward(model: &Model, adapter: &Adapter, tape: &Tape, dsum: &[f32], grads: &mut Adapter) -> Result<()> {
+    let c = &model.config;
+    let d = c.hidden;
+    if dsum.len() != tape.segments.len() {
+        bail!("{} loss gradients for {} sequences", dsum.len(), tape.segments.len());
+    }
+    grads.check_fits(c)?;
+    let n: usize = tape.segments.iter().map(|s| s.1).sum();
+    let x_final = &tape.inputs[c.layers];
+    let seg_of = |row: usize| tape.segments.partition_point(|&(r0, _)| r0 <= row) - 1;
+    // LM head + log-softmax backward, chunked: d logit = coef · (onehot − softmax).
+    let mut dxn = vec![0f32; n * d];
+    for chunk in tape.labels.chunks(HEAD_CHUNK) {
+        let mut logits = head_logits(model, x_final, chunk);
+        for (lab, row) in chunk.iter().zip(logits.chunks_exact_mut(c.vocab)) {
+            let coef = dsum[seg_of(lab.0)];
+            for v in row.iter_mut() {
+                *v = -coef * kernels::exp(*v - lab.2);
+            }
+            row[lab.1 as usize] += coef;
+        }
+        let mut dxc = vec![0f32; chunk.len() * d];
+        matmul(
+            &mut dxc,
+            MatRef::new(&logits, chunk.len(), c.vocab),
+            MatRef::new(model.weights.lm_head(), c.vocab, d),
+            1.0,
+            false,
+        );
+        for (i, &(r, _, _)) in chunk.iter().enumerate() {
+            for (a, &b) in dxn[r * d..(r + 1) * d].iter_mut().zip(&dxc[i * d..(i + 1) * d]) {
+                *a += b;
+            }
+        }
+    }
+    let mut dx = vec![0f32; n * d];
+    kernels::rmsnorm_backward(x_final, &model.weights.final_norm, c.rms_eps, &dxn, &mut dx);
+    let ctx = Ctx { model, adapter, n, segments: &tape.segments, dropout: tape.dropout };
+    for li in (0..c.layers).rev() {
+        let x = &tape.inputs[li];
+        let (_, acts) = ctx.layer_forward(li, x);
+        dx = ctx.layer_backward(li, x, &acts, &dx, grads);
+    }
+    Ok(())
+}
