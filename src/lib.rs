@@ -2,7 +2,9 @@
 //! writing samples (DITTO, Shaikh et al. 2024). This crate holds the CPU runtime
 //! (model loading, tokenization, forward pass, generation) behind the `ditto` binary.
 
+pub mod atomic;
 pub mod cli;
+pub mod data;
 pub mod kernels;
 pub mod model;
 pub mod sample;

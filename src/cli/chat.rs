@@ -1,7 +1,7 @@
 //! `ditto chat`: an interactive conversation that keeps its history.
 
 use super::generate::{messages, sample_text, stream_reply};
-use super::{Globals, ModelArgs, SamplingArgs};
+use super::{AdapterArgs, Globals, ModelArgs, SamplingArgs};
 use crate::tokenize::Message;
 use anyhow::Result;
 use clap::Args;
@@ -11,6 +11,8 @@ use std::io::BufRead;
 pub struct ChatArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    adapter: AdapterArgs,
     /// Optional system message.
     #[arg(long)]
     system: Option<String>,
@@ -20,7 +22,7 @@ pub struct ChatArgs {
 
 pub fn run(g: &Globals, a: ChatArgs) -> Result<()> {
     let mut params = a.sampling.params()?;
-    let model = g.load_model(&a.model)?;
+    let model = g.load_adapted(&a.model, &a.adapter)?;
     let mut history: Vec<Message> = Vec::new();
     eprintln!(
         "ditto chat: type a message and press Enter; /reset clears the history, Ctrl-D quits."

@@ -1,6 +1,6 @@
 //! `ditto generate`: replies to one prompt, as text or JSON lines.
 
-use super::{Globals, ModelArgs, SamplingArgs};
+use super::{AdapterArgs, Globals, ModelArgs, SamplingArgs};
 use crate::model::Model;
 use crate::sample::{self, FinishReason, GenerateOptions, Sample, SamplingParams};
 use crate::tokenize::Message;
@@ -12,6 +12,8 @@ use std::io::Write;
 pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    adapter: AdapterArgs,
     /// The user message.
     #[arg(long)]
     prompt: String,
@@ -89,7 +91,7 @@ pub fn run(g: &Globals, a: GenerateArgs) -> Result<()> {
     if a.n == 0 {
         bail!("-n must be at least 1");
     }
-    let model = g.load_model(&a.model)?;
+    let model = g.load_adapted(&a.model, &a.adapter)?;
     let prompt = if a.raw {
         model.encode_with_bos(&a.prompt)?
     } else {

@@ -3,7 +3,9 @@
 mod chat;
 mod generate;
 mod perf;
+mod sft;
 
+use crate::model::lora::Adapter;
 use crate::model::{Model, fetch};
 use crate::sample::SamplingParams;
 use anyhow::{Context, Result};
@@ -36,6 +38,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Measure speed and memory on fixed shapes.
     Perf(perf::PerfArgs),
+    /// Train a LoRA adapter on demonstrations (supervised fine-tuning).
+    Sft(sft::SftArgs),
 }
 
 /// Which model to load.
@@ -44,6 +48,15 @@ pub struct ModelArgs {
     /// GGUF file or Hugging Face model directory (default: SmolLM2-135M-Instruct, fetched on first use).
     #[arg(long)]
     pub model: Option<PathBuf>,
+}
+
+/// A LoRA adapter to apply.
+#[derive(Args, Clone, Debug)]
+pub struct AdapterArgs {
+    /// PEFT adapter directory (adapter_config.json + adapter_model.safetensors), merged
+    /// into a copy of the weights.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 /// Sampling options shared by the commands that generate.
@@ -102,6 +115,16 @@ impl Globals {
         };
         Model::load(&path).with_context(|| format!("loading model {}", path.display()))
     }
+
+    /// Load the model and merge the adapter, if one is given.
+    pub fn load_adapted(&self, args: &ModelArgs, adapter: &AdapterArgs) -> Result<Model> {
+        let mut model = self.load_model(args)?;
+        if let Some(dir) = &adapter.adapter {
+            let a = Adapter::load(dir, &model.config)?;
+            model.weights = a.merged(&model.weights);
+        }
+        Ok(model)
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -134,5 +157,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(&ctx, a),
         Command::Chat(a) => chat::run(&ctx, a),
         Command::Perf(a) => perf::run(&ctx, a, threads),
+        Command::Sft(a) => sft::run(&ctx, a),
     })
 }

@@ -3,7 +3,9 @@
 
 use super::config::Config;
 use super::weights::{Proj, Weights};
-use anyhow::{Result, bail};
+use super::peft::{self, AdapterConfig, AdapterFiles};
+use anyhow::{Context, Result, bail};
+use std::path::Path;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -123,6 +125,80 @@ impl Adapter {
             }
         }
         Ok(())
+    }
+
+    /// The adapter as PEFT files describe it.
+    pub fn to_files(&self, base_model: &str) -> AdapterFiles {
+        let mut names: Vec<String> = self
+            .config
+            .targets
+            .iter()
+            .map(|p| p.hf_name().to_owned())
+            .collect();
+        names.sort();
+        AdapterFiles {
+            config: AdapterConfig {
+                r: self.config.r,
+                alpha: self.config.alpha,
+                dropout: self.config.dropout,
+                target_modules: names,
+                base_model: base_model.to_owned(),
+            },
+            pairs: self
+                .iter()
+                .map(|(l, p, pair)| ((l, p.hf_name().to_owned()), pair.clone()))
+                .collect(),
+        }
+    }
+
+    /// Build from PEFT files, checking that every pair fits `model`.
+    pub fn from_files(files: AdapterFiles, model: &Config) -> Result<Adapter> {
+        let targets = files
+            .config
+            .target_modules
+            .iter()
+            .map(|name| {
+                Proj::ALL
+                    .into_iter()
+                    .find(|p| p.hf_name() == name)
+                    .with_context(|| format!("unknown target module {name:?}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut pairs: Vec<[Option<LoraPair>; 7]> = (0..model.layers).map(|_| Default::default()).collect();
+        for ((l, name), pair) in files.pairs {
+            let p = targets
+                .iter()
+                .copied()
+                .find(|p| p.hf_name() == name)
+                .with_context(|| format!("layer {l}: module {name:?} is not a target"))?;
+            let slot = pairs
+                .get_mut(l)
+                .with_context(|| format!("adapter has layer {l} but the model has {} layers", model.layers))?;
+            slot[p as usize] = Some(pair);
+        }
+        let adapter = Adapter {
+            config: LoraConfig {
+                r: files.config.r,
+                alpha: files.config.alpha,
+                dropout: files.config.dropout,
+                targets,
+            },
+            pairs,
+        };
+        adapter.check_fits(model)?;
+        Ok(adapter)
+    }
+
+    /// Load a PEFT adapter directory for `model`, refusing one made for other shapes.
+    pub fn load(dir: &Path, model: &Config) -> Result<Adapter> {
+        let files = peft::load(dir)?;
+        Adapter::from_files(files, model)
+            .with_context(|| format!("adapter {} does not fit the model", dir.display()))
+    }
+
+    /// Save as a PEFT adapter directory (atomic file writes).
+    pub fn save(&self, dir: &Path, base_model: &str) -> Result<()> {
+        peft::save(dir, &self.to_files(base_model))
     }
 
     /// A copy of `weights` with `W + (α/r)·B·A` in every adapted projection.

@@ -6,6 +6,7 @@ pub mod fetch;
 pub mod gguf;
 pub(crate) mod loader;
 pub mod lora;
+pub mod peft;
 pub mod quant;
 pub mod transformer;
 pub mod weights;

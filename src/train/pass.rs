@@ -304,7 +304,7 @@ impl Ctx<'_> {
         let layer = &m.weights.layers[li];
         let (n, d, qd, kvd, hd) = (self.n, c.hidden, c.q_dim(), c.kv_dim(), c.head_dim);
         let (scale, r) = (self.adapter.config.scale(), self.adapter.config.r);
-        let mut bwd = |p: Proj, input: &[f32], dy: &[f32], dx: &mut [f32], grads: &mut Adapter| {
+        let bwd = |p: Proj, input: &[f32], dy: &[f32], dx: &mut [f32], grads: &mut Adapter| {
             let g = grads.pairs[li][p as usize].as_mut();
             proj_backward(
                 input,
