@@ -12,7 +12,10 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut builder = tempfile::Builder::new();
     let suffix = format!("-{name}");
     builder.prefix(".tmp-").suffix(&suffix);

@@ -1,12 +1,17 @@
 //! `ditto perf`: tokens/s and peak RSS on the fixed shapes the PyTorch peer measures
-//! (`shared/peers/python/bench.py`): a no-grad forward over 4 × 256 tokens, and
-//! sampling of exactly 128 new tokens after a chat prompt at batch 1 and 16.
+//! (`shared/peers/python/bench.py`): a no-grad forward over 4 × 256 tokens, a LoRA
+//! training step over 4 × 256 tokens, and sampling of exactly 128 new tokens after a
+//! chat prompt at batch 1 and 16.
 
 use super::generate::messages;
 use super::{Globals, ModelArgs};
 use crate::model::Model;
+use crate::model::lora::{Adapter, LoraConfig};
 use crate::model::transformer::{KvCache, Logits, Matmul, Workspace};
+use crate::model::weights::Proj;
 use crate::sample::{self, GenerateOptions, SamplingParams};
+use crate::train::optim::{AdamW, AdamWConfig};
+use crate::train::pass::{self, Example};
 use anyhow::{Result, bail};
 use clap::Args;
 use rand::{Rng, SeedableRng};
@@ -78,6 +83,64 @@ fn forward_shape(model: &Model, steps: usize) -> Result<(Vec<f64>, usize)> {
     Ok((times, batch * seq))
 }
 
+/// LoRA (r 16, α 32, q/k/v/o) forward + backward + AdamW over 4 × 256 random tokens
+/// with the loss on every next token, as the peer's `lora` benchmark.
+fn lora_shape(model: &Model, steps: usize) -> Result<(Vec<f64>, usize)> {
+    let (batch, seq) = (4usize, 256usize);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let vocab = model.config.vocab as u32;
+    let ids: Vec<Vec<u32>> = (0..batch)
+        .map(|_| (0..seq).map(|_| rng.random_range(0..vocab)).collect())
+        .collect();
+    let lora = LoraConfig {
+        r: 16,
+        alpha: 32.0,
+        dropout: 0.0,
+        targets: vec![Proj::Q, Proj::K, Proj::V, Proj::O],
+    };
+    let mut adapter = Adapter::init(lora, &model.config, 0)?;
+    let sizes: Vec<usize> = adapter
+        .iter_mut()
+        .flat_map(|p| [p.a.len(), p.b.len()])
+        .collect();
+    let mut opt = AdamW::new(
+        AdamWConfig {
+            lr: 1e-4,
+            ..AdamWConfig::default()
+        },
+        &sizes,
+    )?;
+    let times = timed(steps, || {
+        let ex: Vec<Example> = ids
+            .iter()
+            .map(|t| Example {
+                ids: t,
+                label_from: 1,
+            })
+            .collect();
+        let (lp, tape) = pass::forward(model, &adapter, &ex, None)?;
+        let n: usize = lp.counts.iter().sum();
+        let mut grads = pass::zero_grads(&adapter);
+        pass::backward(
+            model,
+            &adapter,
+            &tape,
+            &vec![-1.0 / n as f32; batch],
+            &mut grads,
+        )?;
+        let g: Vec<&[f32]> = grads
+            .iter()
+            .flat_map(|(_, _, p)| [&p.a[..], &p.b[..]])
+            .collect();
+        let mut params: Vec<&mut [f32]> = adapter
+            .iter_mut()
+            .flat_map(|p| [&mut p.a[..], &mut p.b[..]])
+            .collect();
+        opt.step(&mut params, &g, 1e-4)
+    })?;
+    Ok((times, batch * seq))
+}
+
 fn generate_shape(model: &Model, batch: usize, steps: usize) -> Result<(Vec<f64>, usize, usize)> {
     let prompt = model.chat_prompt(&messages(
         None,
@@ -126,6 +189,16 @@ pub fn run(g: &Globals, a: PerfArgs, threads: usize) -> Result<()> {
                 let (t, n) = forward_shape(&model, a.steps)?;
                 ("forward", 4, t, n, json!({"seq": 256}))
             }
+            "lora" => {
+                let (t, n) = lora_shape(&model, a.steps)?;
+                (
+                    "lora",
+                    4,
+                    t,
+                    n,
+                    json!({"seq": 256, "r": 16, "includes": "forward+backward+adamw"}),
+                )
+            }
             "generate1" | "generate16" => {
                 let b = if shape == "generate1" { 1 } else { 16 };
                 let (t, n, p) = generate_shape(&model, b, a.steps)?;
@@ -137,7 +210,7 @@ pub fn run(g: &Globals, a: PerfArgs, threads: usize) -> Result<()> {
                     json!({"prompt_tokens": p, "new_tokens": 128}),
                 )
             }
-            other => bail!("unknown shape {other:?} (forward, generate1, generate16)"),
+            other => bail!("unknown shape {other:?} (forward, lora, generate1, generate16)"),
         };
         let mean = times.iter().sum::<f64>() / times.len() as f64;
         let tps = tokens as f64 / mean;

@@ -31,7 +31,11 @@ pub struct SftArgs {
     #[arg(long, default_value_t = 0.05)]
     dropout: f32,
     /// Adapted projections (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj"
+    )]
     targets: Vec<String>,
     #[arg(long, default_value_t = 3e-5)]
     lr: f64,
@@ -78,15 +82,23 @@ pub fn run(g: &Globals, a: SftArgs) -> Result<()> {
     cfg.lora()?;
     let demos = read_demos(&a.demos)?;
     if a.out.join(crate::model::peft::WEIGHTS_FILE).exists() && !a.overwrite {
-        bail!("{} already holds an adapter; pass --overwrite to replace it", a.out.display());
+        bail!(
+            "{} already holds an adapter; pass --overwrite to replace it",
+            a.out.display()
+        );
     }
     let model = g.load_model(&a.model)?;
     let seqs = sft::encode_demos(&model, &demos)?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
-    crate::atomic::write(&a.out.join("sft_config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    crate::atomic::write(
+        &a.out.join("sft_config.json"),
+        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+    )?;
     let metrics = a.out.join("metrics.jsonl");
     if metrics.exists() {
-        std::fs::remove_file(&metrics).with_context(|| format!("cannot replace {}", metrics.display()))?;
+        std::fs::remove_file(&metrics)
+            .with_context(|| format!("cannot replace {}", metrics.display()))?;
     }
     let base = Adapter::init(cfg.lora()?, &model.config, cfg.seed)?;
     let before = sft::mean_logprob(&model, &base, &seqs)?;
@@ -108,13 +120,21 @@ pub fn run(g: &Globals, a: SftArgs) -> Result<()> {
     })?;
     bar.finish();
     let after = sft::mean_logprob(&model, &out.adapter, &seqs)?;
-    let name = model.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = model
+        .source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     out.adapter.save(&a.out, &name)?;
     let last = out.steps.last().expect("at least one step");
     eprintln!(
         "ditto sft: {} steps{}, final batch loss {:.4}; mean log-prob per response token {before:.4} → {after:.4}; adapter in {}",
         out.steps.len(),
-        if out.stopped_early { " (stopped early: loss below the threshold)" } else { "" },
+        if out.stopped_early {
+            " (stopped early: loss below the threshold)"
+        } else {
+            ""
+        },
         last.loss,
         a.out.display()
     );

@@ -469,16 +469,29 @@ mod tests {
         let a = data(3 * 4, 0.1); // 3×4
         let b = data(5 * 4, 0.2); // 5×4, used as its transpose 4×5
         let mut y = vec![1f32; 15];
-        matmul(&mut y, MatRef::new(&a, 3, 4), MatRef::new(&b, 5, 4).t(), 2.0, true);
+        matmul(
+            &mut y,
+            MatRef::new(&a, 3, 4),
+            MatRef::new(&b, 5, 4).t(),
+            2.0,
+            true,
+        );
         for i in 0..3 {
             for j in 0..5 {
-                let want: f32 = 1.0 + 2.0 * (0..4).map(|k| a[i * 4 + k] * b[j * 4 + k]).sum::<f32>();
+                let want: f32 =
+                    1.0 + 2.0 * (0..4).map(|k| a[i * 4 + k] * b[j * 4 + k]).sum::<f32>();
                 assert!((y[i * 5 + j] - want).abs() < 1e-5);
             }
         }
         // aᵀ·a is 4×4 and symmetric.
         let mut g = vec![0f32; 16];
-        matmul(&mut g, MatRef::new(&a, 3, 4).t(), MatRef::new(&a, 3, 4), 1.0, false);
+        matmul(
+            &mut g,
+            MatRef::new(&a, 3, 4).t(),
+            MatRef::new(&a, 3, 4),
+            1.0,
+            false,
+        );
         for i in 0..4 {
             for j in 0..4 {
                 assert!((g[i * 4 + j] - g[j * 4 + i]).abs() < 1e-6);

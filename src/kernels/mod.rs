@@ -22,10 +22,19 @@ pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 /// input `x`, the weight `w` and the output gradient `dy`.
 pub fn rmsnorm_backward(x: &[f32], w: &[f32], eps: f32, dy: &[f32], dx: &mut [f32]) {
     let d = w.len();
-    for ((xr, dyr), dxr) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+    for ((xr, dyr), dxr) in x
+        .chunks_exact(d)
+        .zip(dy.chunks_exact(d))
+        .zip(dx.chunks_exact_mut(d))
+    {
         let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
         let inv = 1.0 / (ss + eps).sqrt();
-        let dot: f32 = xr.iter().zip(dyr).zip(w).map(|((&x, &g), &wv)| x * g * wv).sum();
+        let dot: f32 = xr
+            .iter()
+            .zip(dyr)
+            .zip(w)
+            .map(|((&x, &g), &wv)| x * g * wv)
+            .sum();
         let k = inv * inv * inv * dot / d as f32;
         for (((o, &x), &g), &wv) in dxr.iter_mut().zip(xr).zip(dyr).zip(w) {
             *o += inv * wv * g - x * k;

@@ -2,12 +2,12 @@
 //! of projections, PEFT's initialisation, and merging into a copy of the weights.
 
 use super::config::Config;
-use super::weights::{Proj, Weights};
 use super::peft::{self, AdapterConfig, AdapterFiles};
+use super::weights::{Proj, Weights};
 use anyhow::{Context, Result, bail};
-use std::path::Path;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::path::Path;
 
 /// Shape and placement of an adapter.
 #[derive(Clone, Debug, PartialEq)]
@@ -164,16 +164,22 @@ impl Adapter {
                     .with_context(|| format!("unknown target module {name:?}"))
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut pairs: Vec<[Option<LoraPair>; 7]> = (0..model.layers).map(|_| Default::default()).collect();
+        let mut targets = targets;
+        targets.sort();
+        let mut pairs: Vec<[Option<LoraPair>; 7]> =
+            (0..model.layers).map(|_| Default::default()).collect();
         for ((l, name), pair) in files.pairs {
             let p = targets
                 .iter()
                 .copied()
                 .find(|p| p.hf_name() == name)
                 .with_context(|| format!("layer {l}: module {name:?} is not a target"))?;
-            let slot = pairs
-                .get_mut(l)
-                .with_context(|| format!("adapter has layer {l} but the model has {} layers", model.layers))?;
+            let slot = pairs.get_mut(l).with_context(|| {
+                format!(
+                    "adapter has layer {l} but the model has {} layers",
+                    model.layers
+                )
+            })?;
             slot[p as usize] = Some(pair);
         }
         let adapter = Adapter {

@@ -16,7 +16,7 @@ mod loader_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod tiny;
+pub(crate) mod tiny;
 
 use crate::kernels::Rope;
 use crate::tokenize::{ChatTemplate, Message, Tokenizer};

@@ -306,3 +306,13 @@ pub fn write_hf_dir(
     std::fs::write(dir.join("tokenizer_config.json"), tcfg.to_string()).unwrap();
     dir.to_path_buf()
 }
+
+/// The tiny model itself: written as GGUF into a temporary directory and loaded.
+pub fn model() -> super::Model {
+    let vocab = byte_vocab("default", &[]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tiny.gguf");
+    let t = weights(vocab.tokens.len(), false);
+    std::fs::write(&path, gguf_bytes(&gguf_metadata(&vocab), &t)).expect("tiny GGUF written");
+    super::Model::load(&path).expect("tiny model loads")
+}

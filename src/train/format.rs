@@ -29,7 +29,12 @@ pub fn prompt_messages(system: Option<&str>, prompt: &str) -> Vec<Message> {
 /// tokenized separately; where the tokenizer merges across the boundary, the
 /// boundary moves back to the longest common prefix, so the prompt ids are always an
 /// exact prefix of the sequence.
-pub fn encode_pair(model: &Model, system: Option<&str>, prompt: &str, response: &str) -> Result<Encoded> {
+pub fn encode_pair(
+    model: &Model,
+    system: Option<&str>,
+    prompt: &str,
+    response: &str,
+) -> Result<Encoded> {
     let template = model.chat_template()?;
     let prompt_text = template.render(&prompt_messages(system, prompt), true)?;
     let eot = template
@@ -38,7 +43,11 @@ pub fn encode_pair(model: &Model, system: Option<&str>, prompt: &str, response: 
         .context("the chat template has no end-of-turn marker and the model no eos token")?;
     let prompt_ids = model.encode_with_bos(&prompt_text)?;
     let ids = model.encode_with_bos(&format!("{prompt_text}{response}{eot}"))?;
-    let common = prompt_ids.iter().zip(&ids).take_while(|(a, b)| a == b).count();
+    let common = prompt_ids
+        .iter()
+        .zip(&ids)
+        .take_while(|(a, b)| a == b)
+        .count();
     Ok(Encoded {
         label_from: common.max(1),
         ids,
@@ -47,7 +56,12 @@ pub fn encode_pair(model: &Model, system: Option<&str>, prompt: &str, response: 
 
 /// Encode a demonstration.
 pub fn encode_demo(model: &Model, demo: &Demo) -> Result<Encoded> {
-    encode_pair(model, demo.system.as_deref(), &demo.prompt, &demo.demonstration)
+    encode_pair(
+        model,
+        demo.system.as_deref(),
+        &demo.prompt,
+        &demo.demonstration,
+    )
 }
 
 #[cfg(test)]
@@ -62,19 +76,43 @@ mod tests {
         let prompt = m.chat_prompt(&prompt_messages(None, "Say hi.")).unwrap();
         assert_eq!(&e.ids[..e.label_from], prompt.as_slice());
         assert_eq!(e.ids[e.label_from..], [26843, 665, 17, 2]);
-        assert_eq!(m.tokenizer.decode(&e.ids[e.label_from..]).unwrap(), "Hi there!<|im_end|>");
+        assert_eq!(
+            m.tokenizer.decode(&e.ids[e.label_from..]).unwrap(),
+            "Hi there!<|im_end|>"
+        );
     }
 
     #[test]
     fn prompt_ids_stay_an_exact_prefix_at_awkward_boundaries() {
         let m = smollm2();
-        let prompt = m.chat_prompt(&prompt_messages(Some("Be brief."), "Go")).unwrap();
-        for response in ["\nHi", "\n\nHi", " leading space", "12345", "", "<|im_end|>"] {
+        let prompt = m
+            .chat_prompt(&prompt_messages(Some("Be brief."), "Go"))
+            .unwrap();
+        for response in [
+            "\nHi",
+            "\n\nHi",
+            " leading space",
+            "12345",
+            "",
+            "<|im_end|>",
+        ] {
             let e = encode_pair(m, Some("Be brief."), "Go", response).unwrap();
             assert!(e.label_from <= prompt.len(), "{response:?}");
-            assert_eq!(&e.ids[..e.label_from], &prompt[..e.label_from], "{response:?}");
-            assert_eq!(*e.ids.last().unwrap(), 2, "{response:?} ends with <|im_end|>");
-            assert_eq!(e.ids.iter().filter(|&&t| t == 1).count(), 3, "one <|im_start|> per turn");
+            assert_eq!(
+                &e.ids[..e.label_from],
+                &prompt[..e.label_from],
+                "{response:?}"
+            );
+            assert_eq!(
+                *e.ids.last().unwrap(),
+                2,
+                "{response:?} ends with <|im_end|>"
+            );
+            assert_eq!(
+                e.ids.iter().filter(|&&t| t == 1).count(),
+                3,
+                "one <|im_start|> per turn"
+            );
         }
     }
 }

@@ -79,6 +79,7 @@ struct ProjActs {
 }
 
 /// `y = x Wᵀ + b + s·(xd Aᵀ) Bᵀ`.
+#[allow(clippy::too_many_arguments)]
 fn proj_forward(
     x: &[f32],
     n: usize,
@@ -135,7 +136,13 @@ fn proj_backward(
 ) {
     let lin = layer.get(p);
     let (o, i) = (lin.out_dim, lin.in_dim);
-    matmul(dx, MatRef::new(dy, n, o), MatRef::new(&lin.w, o, i), 1.0, true);
+    matmul(
+        dx,
+        MatRef::new(dy, n, o),
+        MatRef::new(&lin.w, o, i),
+        1.0,
+        true,
+    );
     let (Some(pair), Some(acts), Some(g)) = (pair, acts, g) else {
         return;
     };
@@ -150,7 +157,13 @@ fn proj_backward(
     );
     // gu = dy B (n × r); dA += s · guᵀ xd; dx += s · (gu A) ⊙ mask
     let mut gu = vec![0f32; n * r];
-    matmul(&mut gu, MatRef::new(dy, n, o), MatRef::new(&pair.b, o, r), 1.0, false);
+    matmul(
+        &mut gu,
+        MatRef::new(dy, n, o),
+        MatRef::new(&pair.b, o, r),
+        1.0,
+        false,
+    );
     matmul(
         &mut g.a,
         MatRef::new(&gu, n, r).t(),
@@ -159,10 +172,22 @@ fn proj_backward(
         true,
     );
     match mask {
-        None => matmul(dx, MatRef::new(&gu, n, r), MatRef::new(&pair.a, r, i), scale, true),
+        None => matmul(
+            dx,
+            MatRef::new(&gu, n, r),
+            MatRef::new(&pair.a, r, i),
+            scale,
+            true,
+        ),
         Some(m) => {
             let mut t = vec![0f32; n * i];
-            matmul(&mut t, MatRef::new(&gu, n, r), MatRef::new(&pair.a, r, i), scale, false);
+            matmul(
+                &mut t,
+                MatRef::new(&gu, n, r),
+                MatRef::new(&pair.a, r, i),
+                scale,
+                false,
+            );
             for ((d, &tv), &mv) in dx.iter_mut().zip(&t).zip(m) {
                 *d += tv * mv;
             }
@@ -251,9 +276,27 @@ impl Ctx<'_> {
             .map(|&(s, h)| {
                 let (r0, len) = self.segments[s];
                 let g = h / group;
-                let qv = MatRef { data: &q[r0 * qd + h * hd..], rows: len, cols: hd, rs: qd, cs: 1 };
-                let kv = MatRef { data: &k[r0 * kvd + g * hd..], rows: len, cols: hd, rs: kvd, cs: 1 };
-                let vv = MatRef { data: &v[r0 * kvd + g * hd..], rows: len, cols: hd, rs: kvd, cs: 1 };
+                let qv = MatRef {
+                    data: &q[r0 * qd + h * hd..],
+                    rows: len,
+                    cols: hd,
+                    rs: qd,
+                    cs: 1,
+                };
+                let kv = MatRef {
+                    data: &k[r0 * kvd + g * hd..],
+                    rows: len,
+                    cols: hd,
+                    rs: kvd,
+                    cs: 1,
+                };
+                let vv = MatRef {
+                    data: &v[r0 * kvd + g * hd..],
+                    rows: len,
+                    cols: hd,
+                    rs: kvd,
+                    cs: 1,
+                };
                 let mut p = vec![0f32; len * len];
                 matmul(&mut p, qv, kv.t(), att_scale, false);
                 for (t, row) in p.chunks_exact_mut(len).enumerate() {
@@ -292,13 +335,34 @@ impl Ctx<'_> {
         for (a, &b) in out.iter_mut().zip(&x2) {
             *a += b;
         }
-        let acts = LayerActs { xn1, q, k, v, probs, att, x2, xn2, gate, up, h, proj, masks };
+        let acts = LayerActs {
+            xn1,
+            q,
+            k,
+            v,
+            probs,
+            att,
+            x2,
+            xn2,
+            gate,
+            up,
+            h,
+            proj,
+            masks,
+        };
         (out, acts)
     }
 
     /// Backward of layer `li`: from the gradient of its output `dout`, return the
     /// gradient of its input and accumulate adapter gradients.
-    fn layer_backward(&self, li: usize, x: &[f32], a: &LayerActs, dout: &[f32], grads: &mut Adapter) -> Vec<f32> {
+    fn layer_backward(
+        &self,
+        li: usize,
+        x: &[f32],
+        a: &LayerActs,
+        dout: &[f32],
+        grads: &mut Adapter,
+    ) -> Vec<f32> {
         let m = self.model;
         let c = &m.config;
         let layer = &m.weights.layers[li];
@@ -344,20 +408,48 @@ impl Ctx<'_> {
             .par_iter()
             .map(|&(s, g)| {
                 let (r0, len) = self.segments[s];
-                let kv = MatRef { data: &a.k[r0 * kvd + g * hd..], rows: len, cols: hd, rs: kvd, cs: 1 };
-                let vv = MatRef { data: &a.v[r0 * kvd + g * hd..], rows: len, cols: hd, rs: kvd, cs: 1 };
+                let kv = MatRef {
+                    data: &a.k[r0 * kvd + g * hd..],
+                    rows: len,
+                    cols: hd,
+                    rs: kvd,
+                    cs: 1,
+                };
+                let vv = MatRef {
+                    data: &a.v[r0 * kvd + g * hd..],
+                    rows: len,
+                    cols: hd,
+                    rs: kvd,
+                    cs: 1,
+                };
                 let mut dk = vec![0f32; len * hd];
                 let mut dv = vec![0f32; len * hd];
                 let mut dqs = Vec::with_capacity(group);
                 for h in g * group..(g + 1) * group {
                     let p = &a.probs[s * c.heads + h];
                     let pm = MatRef::new(p, len, len);
-                    let dov = MatRef { data: &datt[r0 * qd + h * hd..], rows: len, cols: hd, rs: qd, cs: 1 };
-                    let qv = MatRef { data: &a.q[r0 * qd + h * hd..], rows: len, cols: hd, rs: qd, cs: 1 };
+                    let dov = MatRef {
+                        data: &datt[r0 * qd + h * hd..],
+                        rows: len,
+                        cols: hd,
+                        rs: qd,
+                        cs: 1,
+                    };
+                    let qv = MatRef {
+                        data: &a.q[r0 * qd + h * hd..],
+                        rows: len,
+                        cols: hd,
+                        rs: qd,
+                        cs: 1,
+                    };
                     matmul(&mut dv, pm.t(), dov, 1.0, true);
                     let mut dp = vec![0f32; len * len];
                     matmul(&mut dp, dov, vv.t(), 1.0, false);
-                    for (t, (dr, pr)) in dp.chunks_exact_mut(len).zip(p.chunks_exact(len)).enumerate() {
+                    for (t, (dr, pr)) in dp
+                        .chunks_exact_mut(len)
+                        .zip(p.chunks_exact(len))
+                        .enumerate()
+                    {
                         let dot: f32 = dr[..=t].iter().zip(&pr[..=t]).map(|(x, y)| x * y).sum();
                         for (dv_, &pv) in dr.iter_mut().zip(pr) {
                             *dv_ = pv * (*dv_ - dot);
@@ -371,22 +463,28 @@ impl Ctx<'_> {
                 (dqs, dk, dv)
             })
             .collect();
-        let (mut dq, mut dk, mut dv) = (vec![0f32; n * qd], vec![0f32; n * kvd], vec![0f32; n * kvd]);
+        let (mut dq, mut dk, mut dv) =
+            (vec![0f32; n * qd], vec![0f32; n * kvd], vec![0f32; n * kvd]);
         for (&(s, g), (dqs, dkp, dvp)) in tasks.iter().zip(parts) {
             let (r0, len) = self.segments[s];
             for t in 0..len {
                 let row = r0 + t;
-                dk[row * kvd + g * hd..row * kvd + (g + 1) * hd].copy_from_slice(&dkp[t * hd..(t + 1) * hd]);
-                dv[row * kvd + g * hd..row * kvd + (g + 1) * hd].copy_from_slice(&dvp[t * hd..(t + 1) * hd]);
+                dk[row * kvd + g * hd..row * kvd + (g + 1) * hd]
+                    .copy_from_slice(&dkp[t * hd..(t + 1) * hd]);
+                dv[row * kvd + g * hd..row * kvd + (g + 1) * hd]
+                    .copy_from_slice(&dvp[t * hd..(t + 1) * hd]);
                 for (h, dqh) in &dqs {
-                    dq[row * qd + h * hd..row * qd + (h + 1) * hd].copy_from_slice(&dqh[t * hd..(t + 1) * hd]);
+                    dq[row * qd + h * hd..row * qd + (h + 1) * hd]
+                        .copy_from_slice(&dqh[t * hd..(t + 1) * hd]);
                 }
             }
         }
         for &(r0, len) in self.segments {
             for t in 0..len {
-                m.rope.apply_inverse(&mut dq[(r0 + t) * qd..(r0 + t + 1) * qd], t);
-                m.rope.apply_inverse(&mut dk[(r0 + t) * kvd..(r0 + t + 1) * kvd], t);
+                m.rope
+                    .apply_inverse(&mut dq[(r0 + t) * qd..(r0 + t + 1) * qd], t);
+                m.rope
+                    .apply_inverse(&mut dk[(r0 + t) * kvd..(r0 + t + 1) * kvd], t);
             }
         }
         let mut dxn1 = vec![0f32; n * d];
@@ -411,13 +509,24 @@ pub fn forward(
     let mut n = 0;
     for (i, e) in batch.iter().enumerate() {
         if e.ids.is_empty() || e.label_from == 0 || e.label_from > e.ids.len() {
-            bail!("example {i}: label_from {} is outside 1..={}", e.label_from, e.ids.len());
+            bail!(
+                "example {i}: label_from {} is outside 1..={}",
+                e.label_from,
+                e.ids.len()
+            );
         }
         if e.ids.len() > model.context_len() {
-            bail!("example {i}: {} tokens exceed the model context of {}", e.ids.len(), model.context_len());
+            bail!(
+                "example {i}: {} tokens exceed the model context of {}",
+                e.ids.len(),
+                model.context_len()
+            );
         }
         if let Some(&t) = e.ids.iter().find(|&&t| t as usize >= c.vocab) {
-            bail!("example {i}: token id {t} is outside the vocabulary ({})", c.vocab);
+            bail!(
+                "example {i}: token id {t} is outside the vocabulary ({})",
+                c.vocab
+            );
         }
         segments.push((n, e.ids.len()));
         n += e.ids.len();
@@ -428,7 +537,13 @@ pub fn forward(
         let t = t as usize;
         x[row * d..(row + 1) * d].copy_from_slice(&model.weights.embed[t * d..(t + 1) * d]);
     }
-    let ctx = Ctx { model, adapter, n, segments: &segments, dropout };
+    let ctx = Ctx {
+        model,
+        adapter,
+        n,
+        segments: &segments,
+        dropout,
+    };
     let mut inputs = Vec::with_capacity(c.layers + 1);
     for li in 0..c.layers {
         let (out, _) = ctx.layer_forward(li, &x);
@@ -453,7 +568,15 @@ pub fn forward(
         }
     }
     inputs.push(x);
-    Ok((LogProbs { sums, counts }, Tape { inputs, segments, labels, dropout }))
+    Ok((
+        LogProbs { sums, counts },
+        Tape {
+            inputs,
+            segments,
+            labels,
+            dropout,
+        },
+    ))
 }
 
 /// Logits (`rows × vocab`) of the final-normed hidden states of `rows`.
@@ -462,20 +585,42 @@ fn head_logits(model: &Model, x: &[f32], rows: &[(usize, u32, f32)]) -> Vec<f32>
     let d = c.hidden;
     let mut xn = vec![0f32; rows.len() * d];
     for (i, &(r, _, _)) in rows.iter().enumerate() {
-        kernels::rmsnorm(&x[r * d..(r + 1) * d], &model.weights.final_norm, c.rms_eps, &mut xn[i * d..(i + 1) * d]);
+        kernels::rmsnorm(
+            &x[r * d..(r + 1) * d],
+            &model.weights.final_norm,
+            c.rms_eps,
+            &mut xn[i * d..(i + 1) * d],
+        );
     }
     let mut logits = vec![0f32; rows.len() * c.vocab];
-    kernels::matmul_tn(&xn, rows.len(), model.weights.lm_head(), c.vocab, d, &mut logits);
+    kernels::matmul_tn(
+        &xn,
+        rows.len(),
+        model.weights.lm_head(),
+        c.vocab,
+        d,
+        &mut logits,
+    );
     logits
 }
 
 /// Backward of a loss `L(sums)` given `dsum[i] = ∂L/∂sums[i]`: accumulates `∂L/∂A`,
 /// `∂L/∂B` of every adapter pair into `grads` (shaped by [`zero_grads`]).
-pub fn backward(model: &Model, adapter: &Adapter, tape: &Tape, dsum: &[f32], grads: &mut Adapter) -> Result<()> {
+pub fn backward(
+    model: &Model,
+    adapter: &Adapter,
+    tape: &Tape,
+    dsum: &[f32],
+    grads: &mut Adapter,
+) -> Result<()> {
     let c = &model.config;
     let d = c.hidden;
     if dsum.len() != tape.segments.len() {
-        bail!("{} loss gradients for {} sequences", dsum.len(), tape.segments.len());
+        bail!(
+            "{} loss gradients for {} sequences",
+            dsum.len(),
+            tape.segments.len()
+        );
     }
     grads.check_fits(c)?;
     let n: usize = tape.segments.iter().map(|s| s.1).sum();
@@ -501,14 +646,23 @@ pub fn backward(model: &Model, adapter: &Adapter, tape: &Tape, dsum: &[f32], gra
             false,
         );
         for (i, &(r, _, _)) in chunk.iter().enumerate() {
-            for (a, &b) in dxn[r * d..(r + 1) * d].iter_mut().zip(&dxc[i * d..(i + 1) * d]) {
+            for (a, &b) in dxn[r * d..(r + 1) * d]
+                .iter_mut()
+                .zip(&dxc[i * d..(i + 1) * d])
+            {
                 *a += b;
             }
         }
     }
     let mut dx = vec![0f32; n * d];
     kernels::rmsnorm_backward(x_final, &model.weights.final_norm, c.rms_eps, &dxn, &mut dx);
-    let ctx = Ctx { model, adapter, n, segments: &tape.segments, dropout: tape.dropout };
+    let ctx = Ctx {
+        model,
+        adapter,
+        n,
+        segments: &tape.segments,
+        dropout: tape.dropout,
+    };
     for li in (0..c.layers).rev() {
         let x = &tape.inputs[li];
         let (_, acts) = ctx.layer_forward(li, x);

@@ -45,7 +45,9 @@ impl Default for SftConfig {
             r: 16,
             alpha: 32.0,
             dropout: 0.05,
-            targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+            targets: ["q_proj", "k_proj", "v_proj", "o_proj"]
+                .map(String::from)
+                .to_vec(),
             lr: 3e-5,
             schedule: Schedule::Cosine,
             warmup_ratio: 0.1,
@@ -77,7 +79,12 @@ impl SftConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("dropout must be in [0, 1), got {}", self.dropout);
         }
-        Ok(LoraConfig { r: self.r, alpha: self.alpha, dropout: self.dropout, targets })
+        Ok(LoraConfig {
+            r: self.r,
+            alpha: self.alpha,
+            dropout: self.dropout,
+            targets,
+        })
     }
 }
 
@@ -126,7 +133,10 @@ pub fn mean_logprob(model: &Model, adapter: &Adapter, seqs: &[Encoded]) -> Resul
     for chunk in seqs.chunks(4) {
         let ex: Vec<Example> = chunk
             .iter()
-            .map(|e| Example { ids: &e.ids, label_from: e.label_from })
+            .map(|e| Example {
+                ids: &e.ids,
+                label_from: e.label_from,
+            })
             .collect();
         let (lp, _) = pass::forward(model, adapter, &ex, None)?;
         sum += lp.sums.iter().sum::<f64>();
@@ -149,9 +159,16 @@ pub fn train(
         bail!("batch size and max steps must be at least 1");
     }
     let mut adapter = Adapter::init(cfg.lora()?, &model.config, cfg.seed)?;
-    let sizes: Vec<usize> = adapter.iter_mut().flat_map(|p| [p.a.len(), p.b.len()]).collect();
+    let sizes: Vec<usize> = adapter
+        .iter_mut()
+        .flat_map(|p| [p.a.len(), p.b.len()])
+        .collect();
     let mut opt = AdamW::new(
-        AdamWConfig { lr: cfg.lr, weight_decay: cfg.weight_decay, ..AdamWConfig::default() },
+        AdamWConfig {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..AdamWConfig::default()
+        },
         &sizes,
     )?;
     let warmup = warmup_steps(cfg.warmup_ratio, cfg.max_steps);
@@ -172,23 +189,42 @@ pub fn train(
             .iter()
             .map(|&i| Example {
                 ids: &seqs[i].ids,
-                label_from: if cfg.prompt_loss { 1 } else { seqs[i].label_from },
+                label_from: if cfg.prompt_loss {
+                    1
+                } else {
+                    seqs[i].label_from
+                },
             })
             .collect();
-        let dropout = Some(Dropout { p: cfg.dropout, seed: crate::sample::sample_seed(cfg.seed, step, 1) });
+        let dropout = Some(Dropout {
+            p: cfg.dropout,
+            seed: crate::sample::sample_seed(cfg.seed, step, 1),
+        });
         let (lp, tape) = pass::forward(model, &adapter, &ex, dropout)?;
         let tokens: usize = lp.counts.iter().sum();
         let loss = -lp.sums.iter().sum::<f64>() / tokens as f64;
         let mut grads = pass::zero_grads(&adapter);
-        pass::backward(model, &adapter, &tape, &vec![-1.0 / tokens as f32; ex.len()], &mut grads)?;
-        let mut g: Vec<&mut [f32]> = grads.iter_mut().flat_map(|p| [&mut p.a[..], &mut p.b[..]]).collect();
+        pass::backward(
+            model,
+            &adapter,
+            &tape,
+            &vec![-1.0 / tokens as f32; ex.len()],
+            &mut grads,
+        )?;
+        let mut g: Vec<&mut [f32]> = grads
+            .iter_mut()
+            .flat_map(|p| [&mut p.a[..], &mut p.b[..]])
+            .collect();
         let grad_norm = clip_grad_norm(&mut g, cfg.max_grad_norm);
         if !grad_norm.is_finite() {
             bail!("step {step}: the gradient is not finite (loss {loss})");
         }
         let lr = (cfg.lr * cfg.schedule.lr_factor(step, warmup, cfg.max_steps) as f64) as f32;
         let g: Vec<&[f32]> = g.into_iter().map(|s| &*s).collect();
-        let mut params: Vec<&mut [f32]> = adapter.iter_mut().flat_map(|p| [&mut p.a[..], &mut p.b[..]]).collect();
+        let mut params: Vec<&mut [f32]> = adapter
+            .iter_mut()
+            .flat_map(|p| [&mut p.a[..], &mut p.b[..]])
+            .collect();
         opt.step(&mut params, &g, lr)?;
         let log = StepLog {
             stage: "sft",
@@ -202,10 +238,18 @@ pub fn train(
         on_step(&log)?;
         steps.push(log);
         if loss < cfg.stop_loss as f64 {
-            return Ok(SftOutcome { adapter, steps, stopped_early: true });
+            return Ok(SftOutcome {
+                adapter,
+                steps,
+                stopped_early: true,
+            });
         }
     }
-    Ok(SftOutcome { adapter, steps, stopped_early: false })
+    Ok(SftOutcome {
+        adapter,
+        steps,
+        stopped_early: false,
+    })
 }
 
 /// Append one JSON line to `metrics.jsonl`-style logs.
@@ -215,5 +259,6 @@ pub fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
         .append(true)
         .open(path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    writeln!(f, "{}", serde_json::to_string(value)?).with_context(|| format!("cannot write {}", path.display()))
+    writeln!(f, "{}", serde_json::to_string(value)?)
+        .with_context(|| format!("cannot write {}", path.display()))
 }

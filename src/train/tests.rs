@@ -40,7 +40,12 @@ struct GradEntry {
 fn formula_adapter(model: &crate::model::Model, r: usize, alpha: f32) -> Adapter {
     let targets = vec![Proj::Q, Proj::K, Proj::V, Proj::O];
     let mut a = Adapter::init(
-        LoraConfig { r, alpha, dropout: 0.0, targets: targets.clone() },
+        LoraConfig {
+            r,
+            alpha,
+            dropout: 0.0,
+            targets: targets.clone(),
+        },
         &model.config,
         0,
     )
@@ -64,7 +69,10 @@ fn formula_adapter(model: &crate::model::Model, r: usize, alpha: f32) -> Adapter
 }
 
 fn norm(v: &[f32]) -> f64 {
-    v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt()
+    v.iter()
+        .map(|&x| (x as f64) * (x as f64))
+        .sum::<f64>()
+        .sqrt()
 }
 
 fn rel(a: f64, b: f64) -> f64 {
@@ -76,30 +84,274 @@ fn lora_loss_and_gradients_match_peft() {
     let m = smollm2();
     let gold: GradRef = serde_json::from_str(LORA_GRAD).unwrap();
     let adapter = formula_adapter(m, 8, 16.0);
-    let batch = [Example { ids: &gold.ids, label_from: gold.response_start }];
+    let batch = [Example {
+        ids: &gold.ids,
+        label_from: gold.response_start,
+    }];
     let (lp, tape) = pass::forward(m, &adapter, &batch, None).unwrap();
     let count = lp.counts[0];
     assert_eq!(count, 22);
     let loss = -lp.sums[0] / count as f64;
-    assert!((loss - gold.loss_mean_response_nll).abs() < 1e-4, "loss {loss} vs {}", gold.loss_mean_response_nll);
+    assert!(
+        (loss - gold.loss_mean_response_nll).abs() < 1e-4,
+        "loss {loss} vs {}",
+        gold.loss_mean_response_nll
+    );
     let mut grads = pass::zero_grads(&adapter);
     pass::backward(m, &adapter, &tape, &[-1.0 / count as f32], &mut grads).unwrap();
     for e in &gold.grads {
-        let p = Proj::ALL.into_iter().find(|p| p.hf_name() == e.module).unwrap();
+        let p = Proj::ALL
+            .into_iter()
+            .find(|p| p.hf_name() == e.module)
+            .unwrap();
         let g = grads.get(e.layer, p).unwrap();
         let what = format!("layer {} {}", e.layer, e.module);
-        assert!(rel(norm(&g.a), e.a_norm) < 1e-3, "{what} |dA| {} vs {}", norm(&g.a), e.a_norm);
-        assert!(rel(norm(&g.b), e.b_norm) < 1e-3, "{what} |dB| {} vs {}", norm(&g.b), e.b_norm);
+        assert!(
+            rel(norm(&g.a), e.a_norm) < 1e-3,
+            "{what} |dA| {} vs {}",
+            norm(&g.a),
+            e.a_norm
+        );
+        assert!(
+            rel(norm(&g.b), e.b_norm) < 1e-3,
+            "{what} |dB| {} vs {}",
+            norm(&g.b),
+            e.b_norm
+        );
         // Entries within 1e-3 of their value, or of the tensor's RMS entry when they are
         // much smaller than it (then f32 rounding dominates).
         let ent = |got: f32, want: f64, tensor: &[f32], name: &str| {
             let rms = norm(tensor) / (tensor.len() as f64).sqrt();
             let tol = 1e-3 * want.abs().max(rms);
-            assert!((got as f64 - want).abs() < tol, "{what} {name}: {got} vs {want}");
+            assert!(
+                (got as f64 - want).abs() < tol,
+                "{what} {name}: {got} vs {want}"
+            );
         };
         ent(g.a[0], e.a00, &g.a, "dA[0][0]");
         ent(g.a[3 * g.in_dim + 5], e.a35, &g.a, "dA[3][5]");
         ent(g.b[0], e.b00, &g.b, "dB[0][0]");
         ent(g.b[5 * 8 + 3], e.b53, &g.b, "dB[5][3]");
     }
+}
+
+/// A tiny model's adapter on all seven projections with non-zero A and B.
+fn tiny_setup() -> (crate::model::Model, Adapter) {
+    let m = crate::model::tiny::model();
+    let cfg = LoraConfig {
+        r: 3,
+        alpha: 6.0,
+        dropout: 0.0,
+        targets: Proj::ALL.to_vec(),
+    };
+    let mut a = Adapter::init(cfg, &m.config, 5).unwrap();
+    for (k, p) in a.iter_mut().enumerate() {
+        for (i, v) in p.b.iter_mut().enumerate() {
+            *v = 0.3 * ((i as f32) * 0.77 + k as f32).sin();
+        }
+    }
+    (m, a)
+}
+
+/// `L = Σ wᵢ·sumsᵢ` over two ragged sequences, in f64.
+fn tiny_loss(m: &crate::model::Model, a: &Adapter, dropout: Option<pass::Dropout>) -> f64 {
+    let (s1, s2) = tiny_seqs();
+    let batch = [
+        Example {
+            ids: &s1,
+            label_from: 3,
+        },
+        Example {
+            ids: &s2,
+            label_from: 1,
+        },
+    ];
+    let (lp, _) = pass::forward(m, a, &batch, dropout).unwrap();
+    -0.7 * lp.sums[0] + 0.3 * lp.sums[1]
+}
+
+fn tiny_seqs() -> (Vec<u32>, Vec<u32>) {
+    let s1: Vec<u32> = (0..11).map(|i| 3 + (i * 37 % 200) as u32).collect();
+    let s2: Vec<u32> = (0..7).map(|i| 10 + (i * 53 % 180) as u32).collect();
+    (s1, s2)
+}
+
+fn check_against_finite_differences(dropout: Option<pass::Dropout>) {
+    let (m, a) = tiny_setup();
+    let (s1, s2) = tiny_seqs();
+    let batch = [
+        Example {
+            ids: &s1,
+            label_from: 3,
+        },
+        Example {
+            ids: &s2,
+            label_from: 1,
+        },
+    ];
+    let (_, tape) = pass::forward(&m, &a, &batch, dropout).unwrap();
+    let mut grads = pass::zero_grads(&a);
+    pass::backward(&m, &a, &tape, &[-0.7, 0.3], &mut grads).unwrap();
+    let eps = 1e-2f32;
+    let mut checked = 0;
+    for (l, p, _) in a.iter() {
+        for which in ["A", "B"] {
+            // Direction: a fixed pseudo-random pattern on this one tensor.
+            let dir = |len: usize| -> Vec<f32> {
+                (0..len)
+                    .map(|i| (i as f32 * 1.618 + l as f32 * 0.3 + p as usize as f32).sin())
+                    .collect()
+            };
+            let g = grads.get(l, p).unwrap();
+            let (gt, len) = if which == "A" {
+                (&g.a, g.a.len())
+            } else {
+                (&g.b, g.b.len())
+            };
+            let d = dir(len);
+            let analytic: f64 = gt.iter().zip(&d).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let shifted = |sign: f32| {
+                let mut b = a.clone();
+                let pair = b.pairs[l][p as usize].as_mut().unwrap();
+                let t = if which == "A" {
+                    &mut pair.a
+                } else {
+                    &mut pair.b
+                };
+                for (v, dv) in t.iter_mut().zip(&d) {
+                    *v += sign * eps * dv;
+                }
+                tiny_loss(&m, &b, dropout)
+            };
+            let fd = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps as f64);
+            assert!(
+                (fd - analytic).abs() <= 2e-2 * analytic.abs().max(1e-3),
+                "layer {l} {} d{which}: finite difference {fd} vs backward {analytic}",
+                p.hf_name()
+            );
+            assert!(
+                analytic.abs() > 1e-4,
+                "layer {l} {} d{which} is ~0",
+                p.hf_name()
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 2 * 7 * crate::model::tiny::LAYERS);
+}
+
+#[test]
+fn backward_matches_finite_differences_on_every_projection() {
+    check_against_finite_differences(None);
+}
+
+#[test]
+fn backward_matches_finite_differences_with_dropout() {
+    check_against_finite_differences(Some(pass::Dropout { p: 0.3, seed: 9 }));
+}
+
+#[test]
+fn fresh_adapter_equals_base_model_and_merged_equals_unmerged() {
+    let m = smollm2();
+    let gold: GradRef = serde_json::from_str(LORA_GRAD).unwrap();
+    let base_lp: f64 = m.next_token_logprobs(&gold.ids).unwrap()[gold.response_start - 1..]
+        .iter()
+        .sum();
+    let cfg = LoraConfig {
+        r: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        targets: vec![Proj::Q, Proj::V],
+    };
+    let fresh = Adapter::init(cfg, &m.config, 1).unwrap();
+    let batch = [Example {
+        ids: &gold.ids,
+        label_from: gold.response_start,
+    }];
+    let (lp, _) = pass::forward(m, &fresh, &batch, None).unwrap();
+    assert!(
+        (lp.sums[0] - base_lp).abs() < 1e-3,
+        "B = 0: {} vs base {base_lp}",
+        lp.sums[0]
+    );
+
+    let formula = formula_adapter(m, 8, 16.0);
+    let (lp, _) = pass::forward(m, &formula, &batch, None).unwrap();
+    let merged = crate::model::Model {
+        weights: formula.merged(&m.weights),
+        ..crate::model::Model::load(&crate::testutil::smollm2_path()).unwrap()
+    };
+    let merged_lp: f64 = merged.next_token_logprobs(&gold.ids).unwrap()[gold.response_start - 1..]
+        .iter()
+        .sum();
+    assert!(
+        (lp.sums[0] - merged_lp).abs() < 2e-3,
+        "unmerged {} vs merged {merged_lp}",
+        lp.sums[0]
+    );
+    assert!(
+        (lp.sums[0] - base_lp).abs() > 0.1,
+        "the adapter changes the model"
+    );
+}
+
+#[test]
+fn saved_adapter_loads_back_identically() {
+    let m = smollm2();
+    let a = formula_adapter(m, 8, 16.0);
+    let dir = tempfile::tempdir().unwrap();
+    a.save(dir.path(), "SmolLM2-135M-Instruct").unwrap();
+    let b = Adapter::load(dir.path(), &m.config).unwrap();
+    assert_eq!(a.config, b.config);
+    assert!(a.pairs == b.pairs, "weights differ after save → load");
+    let gold: GradRef = serde_json::from_str(LORA_GRAD).unwrap();
+    let batch = [Example {
+        ids: &gold.ids,
+        label_from: gold.response_start,
+    }];
+    assert_eq!(
+        pass::forward(m, &a, &batch, None).unwrap().0,
+        pass::forward(m, &b, &batch, None).unwrap().0
+    );
+    // A mismatched model is refused.
+    let tiny = crate::model::tiny::model();
+    let err = format!("{:#}", Adapter::load(dir.path(), &tiny.config).unwrap_err());
+    assert!(err.contains("does not fit the model"), "{err}");
+}
+
+#[test]
+fn sft_lowers_the_loss_and_raises_demo_likelihood() {
+    let m = smollm2();
+    let texts = [
+        (
+            "Write a note to my neighbour about the fence.",
+            "Yo Sam!! fence is busted again lol. fix it sat? bring donuts pls",
+        ),
+        (
+            "Tell my boss I'm late.",
+            "Yo boss!! running late lol. traffic is wild. there in 20 pls dont be mad",
+        ),
+    ];
+    let seqs: Vec<_> = texts
+        .iter()
+        .map(|(p, d)| super::format::encode_pair(m, None, p, d).unwrap())
+        .collect();
+    let cfg = super::sft::SftConfig {
+        lr: 2e-3,
+        max_steps: 5,
+        batch_size: 2,
+        stop_loss: 0.0,
+        dropout: 0.0,
+        ..Default::default()
+    };
+    let fresh = Adapter::init(cfg.lora().unwrap(), &m.config, cfg.seed).unwrap();
+    let before = super::sft::mean_logprob(m, &fresh, &seqs).unwrap();
+    let out = super::sft::train(m, &seqs, &cfg, |_| Ok(())).unwrap();
+    let after = super::sft::mean_logprob(m, &out.adapter, &seqs).unwrap();
+    let first = out.steps.first().unwrap().loss;
+    let last = out.steps.last().unwrap().loss;
+    assert_eq!(out.steps.len(), 5);
+    assert!((first + before).abs() < 1e-3, "step 0 loss is the base NLL");
+    assert!(last < first - 0.3, "loss {first} → {last}");
+    assert!(after > before + 0.3, "log-prob {before} → {after}");
 }
