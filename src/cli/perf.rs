@@ -124,7 +124,7 @@ fn lora_shape(model: &Model, steps: usize) -> Result<(Vec<f64>, usize)> {
         pass::backward(
             model,
             &adapter,
-            &tape,
+            tape,
             &vec![-1.0 / n as f32; batch],
             &mut grads,
         )?;

@@ -2,9 +2,12 @@
 //! the summed log-probability of each sequence's label tokens, and the backward of any
 //! loss of those sums into the adapter's `A` and `B` (never into base weights).
 //!
-//! Memory: only each layer's input is kept; the backward recomputes one layer at a time.
-//! The LM head and log-softmax run in chunks over label positions only, so no
-//! `[tokens × vocab]` tensor exists.
+//! Memory: each layer keeps its input and the activations that are costly to
+//! recompute (projections, attention output, MLP inputs); norms, SwiGLU outputs,
+//! attention probabilities and dropout masks are recomputed in the backward. The LM
+//! head and log-softmax run in chunks over label positions only, and the gradient of
+//! each label's log-prob with respect to the hidden state is taken in the same pass,
+//! so no `[tokens × vocab]` tensor exists.
 
 use crate::kernels::{self, MatRef, matmul};
 use crate::model::Model;
@@ -46,8 +49,12 @@ pub struct Tape {
     inputs: Vec<Vec<f32>>,
     /// (first row, length) of each sequence.
     segments: Vec<(usize, usize)>,
-    /// (row, label id, log-sum-exp) of every label row, in row order.
-    labels: Vec<(usize, u32, f32)>,
+    /// Every layer's activations (slimmed).
+    acts: Vec<LayerActs>,
+    /// (row, label id) of every label row, in row order.
+    labels: Vec<(usize, u32)>,
+    /// `∂ log p(label) / ∂ normed hidden` per label row (`labels × d`).
+    head_grads: Vec<f32>,
     dropout: Option<Dropout>,
 }
 
@@ -71,6 +78,7 @@ fn dropout_mask(d: Dropout, layer: usize, p: Proj, n: usize) -> Vec<f32> {
 }
 
 /// Activations of one projection with its LoRA branch.
+#[derive(Default)]
 struct ProjActs {
     /// Adapter input (after dropout), n × in; empty when it equals the layer input.
     xd: Vec<f32>,
@@ -195,7 +203,25 @@ fn proj_backward(
     }
 }
 
+/// Causal softmax of `q kᵀ · scale` (`len × len`, zero above the diagonal).
+fn attention_probs(q: MatRef, k: MatRef, scale: f32) -> Vec<f32> {
+    let len = q.rows;
+    let mut p = vec![0f32; len * len];
+    matmul(&mut p, q, k.t(), scale, false);
+    for (t, row) in p.chunks_exact_mut(len).enumerate() {
+        kernels::softmax(&mut row[..=t]);
+        row[t + 1..].fill(0.0);
+    }
+    p
+}
+
+/// A head's rows inside a `[rows, stride]` buffer: `len` rows from `r0`, columns from `col`.
+fn head_view(buf: &[f32], r0: usize, len: usize, stride: usize, col: usize, hd: usize) -> MatRef<'_> {
+    MatRef { data: &buf[r0 * stride + col..], rows: len, cols: hd, rs: stride, cs: 1 }
+}
+
 /// Everything one layer's forward produces that its backward uses.
+#[derive(Default)]
 struct LayerActs {
     xn1: Vec<f32>,
     q: Vec<f32>,
@@ -211,6 +237,21 @@ struct LayerActs {
     h: Vec<f32>,
     proj: [Option<ProjActs>; 7],
     masks: [Option<Vec<f32>>; 7],
+}
+
+impl LayerActs {
+    /// Drop what is cheap to recompute (norm outputs, SwiGLU output, attention
+    /// probabilities, dropout masks and masked inputs) before keeping the rest.
+    fn slim(&mut self) {
+        self.xn1 = Vec::new();
+        self.xn2 = Vec::new();
+        self.h = Vec::new();
+        self.probs = Vec::new();
+        self.masks = Default::default();
+        for p in self.proj.iter_mut().flatten() {
+            p.xd = Vec::new();
+        }
+    }
 }
 
 struct Ctx<'a> {
@@ -297,12 +338,7 @@ impl Ctx<'_> {
                     rs: kvd,
                     cs: 1,
                 };
-                let mut p = vec![0f32; len * len];
-                matmul(&mut p, qv, kv.t(), att_scale, false);
-                for (t, row) in p.chunks_exact_mut(len).enumerate() {
-                    kernels::softmax(&mut row[..=t]);
-                    row[t + 1..].fill(0.0);
-                }
+                let p = attention_probs(qv, kv, att_scale);
                 let mut o = vec![0f32; len * hd];
                 matmul(&mut o, MatRef::new(&p, len, len), vv, 1.0, false);
                 (p, o)
@@ -351,6 +387,48 @@ impl Ctx<'_> {
             masks,
         };
         (out, acts)
+    }
+
+    /// Recompute what [`LayerActs::slim`] dropped, from the layer input `x`.
+    fn restore(&self, li: usize, x: &[f32], a: &mut LayerActs) {
+        let c = &self.model.config;
+        let layer = &self.model.weights.layers[li];
+        let (n, d, qd, kvd, hd) = (self.n, c.hidden, c.q_dim(), c.kv_dim(), c.head_dim);
+        a.xn1 = vec![0f32; n * d];
+        kernels::rmsnorm(x, &layer.attn_norm, c.rms_eps, &mut a.xn1);
+        a.xn2 = vec![0f32; n * d];
+        kernels::rmsnorm(&a.x2, &layer.ffn_norm, c.rms_eps, &mut a.xn2);
+        a.h = a.gate.clone();
+        kernels::swiglu(&mut a.h, &a.up);
+        let group = c.heads / c.kv_heads;
+        let att_scale = 1.0 / (hd as f32).sqrt();
+        let tasks: Vec<(usize, usize)> = (0..self.segments.len())
+            .flat_map(|s| (0..c.heads).map(move |h| (s, h)))
+            .collect();
+        a.probs = tasks
+            .par_iter()
+            .map(|&(s, h)| {
+                let (r0, len) = self.segments[s];
+                attention_probs(
+                    head_view(&a.q, r0, len, qd, h * hd, hd),
+                    head_view(&a.k, r0, len, kvd, (h / group) * hd, hd),
+                    att_scale,
+                )
+            })
+            .collect();
+        for p in Proj::ALL {
+            let (_, in_dim) = p.shape(c);
+            a.masks[p as usize] = self.mask(li, p, n * in_dim);
+            if let (Some(m), Some(pa)) = (&a.masks[p as usize], a.proj[p as usize].as_mut()) {
+                let input = match p {
+                    Proj::Q | Proj::K | Proj::V => &a.xn1,
+                    Proj::O => &a.att,
+                    Proj::Gate | Proj::Up => &a.xn2,
+                    Proj::Down => &a.h,
+                };
+                pa.xd = input.iter().zip(m).map(|(x, k)| x * k).collect();
+            }
+        }
     }
 
     /// Backward of layer `li`: from the gradient of its output `dout`, return the
@@ -496,24 +574,37 @@ impl Ctx<'_> {
     }
 }
 
-/// Forward over `batch`: label log-prob sums per sequence, and the tape for [`backward`].
+/// Forward over `batch` for training: label log-prob sums per sequence, and the tape
+/// for [`backward`].
 pub fn forward(
     model: &Model,
     adapter: &Adapter,
     batch: &[Example],
     dropout: Option<Dropout>,
 ) -> Result<(LogProbs, Tape)> {
+    let (lp, tape) = run(model, adapter, batch, dropout, true)?;
+    Ok((lp, tape.expect("a tape was requested")))
+}
+
+/// Label log-prob sums per sequence without anything for a backward (scoring).
+pub fn logprobs(model: &Model, adapter: &Adapter, batch: &[Example]) -> Result<LogProbs> {
+    Ok(run(model, adapter, batch, None, false)?.0)
+}
+
+fn run(
+    model: &Model,
+    adapter: &Adapter,
+    batch: &[Example],
+    dropout: Option<Dropout>,
+    grad: bool,
+) -> Result<(LogProbs, Option<Tape>)> {
     let c = &model.config;
     let d = c.hidden;
     let mut segments = Vec::with_capacity(batch.len());
     let mut n = 0;
     for (i, e) in batch.iter().enumerate() {
         if e.ids.is_empty() || e.label_from == 0 || e.label_from > e.ids.len() {
-            bail!(
-                "example {i}: label_from {} is outside 1..={}",
-                e.label_from,
-                e.ids.len()
-            );
+            bail!("example {i}: label_from {} is outside 1..={}", e.label_from, e.ids.len());
         }
         if e.ids.len() > model.context_len() {
             bail!(
@@ -523,10 +614,7 @@ pub fn forward(
             );
         }
         if let Some(&t) = e.ids.iter().find(|&&t| t as usize >= c.vocab) {
-            bail!(
-                "example {i}: token id {t} is outside the vocabulary ({})",
-                c.vocab
-            );
+            bail!("example {i}: token id {t} is outside the vocabulary ({})", c.vocab);
         }
         segments.push((n, e.ids.len()));
         n += e.ids.len();
@@ -537,54 +625,71 @@ pub fn forward(
         let t = t as usize;
         x[row * d..(row + 1) * d].copy_from_slice(&model.weights.embed[t * d..(t + 1) * d]);
     }
-    let ctx = Ctx {
-        model,
-        adapter,
-        n,
-        segments: &segments,
-        dropout,
-    };
-    let mut inputs = Vec::with_capacity(c.layers + 1);
+    let ctx = Ctx { model, adapter, n, segments: &segments, dropout };
+    let mut inputs = Vec::with_capacity(if grad { c.layers + 1 } else { 0 });
+    let mut acts = Vec::with_capacity(if grad { c.layers } else { 0 });
     for li in 0..c.layers {
-        let (out, _) = ctx.layer_forward(li, &x);
-        inputs.push(std::mem::replace(&mut x, out));
+        let (out, mut a) = ctx.layer_forward(li, &x);
+        if grad {
+            a.slim();
+            acts.push(a);
+            inputs.push(std::mem::replace(&mut x, out));
+        } else {
+            x = out;
+        }
     }
     // Label rows: row of position t-1 predicts ids[t].
     let mut labels = Vec::new();
     for (e, &(r0, len)) in batch.iter().zip(&segments) {
         for t in e.label_from..len {
-            labels.push((r0 + t - 1, e.ids[t], 0f32));
+            labels.push((r0 + t - 1, e.ids[t]));
         }
     }
     let mut sums = vec![0f64; batch.len()];
     let counts: Vec<usize> = batch.iter().map(|e| e.ids.len() - e.label_from).collect();
     let seg_of = |row: usize| segments.partition_point(|&(r0, _)| r0 <= row) - 1;
-    for chunk in labels.chunks_mut(HEAD_CHUNK) {
-        let logits = head_logits(model, &x, chunk);
-        for (lab, row) in chunk.iter_mut().zip(logits.chunks_exact(c.vocab)) {
+    // With gradients: ∂ log p(label) / ∂ normed hidden = E[label] − softmaxᵀ·E per row,
+    // computed here while the chunk's logits exist.
+    let mut head_grads = if grad { vec![0f32; labels.len() * d] } else { Vec::new() };
+    for (ci, chunk) in labels.chunks(HEAD_CHUNK).enumerate() {
+        let mut logits = head_logits(model, &x, chunk);
+        for (lab, row) in chunk.iter().zip(logits.chunks_exact_mut(c.vocab)) {
             let lse = kernels::log_sum_exp(row);
-            lab.2 = lse as f32;
             sums[seg_of(lab.0)] += row[lab.1 as usize] as f64 - lse;
+            if grad {
+                let lse = lse as f32;
+                for v in row.iter_mut() {
+                    *v = -kernels::exp(*v - lse);
+                }
+                row[lab.1 as usize] += 1.0;
+            }
+        }
+        if grad {
+            let at = ci * HEAD_CHUNK * d;
+            matmul(
+                &mut head_grads[at..at + chunk.len() * d],
+                MatRef::new(&logits, chunk.len(), c.vocab),
+                MatRef::new(model.weights.lm_head(), c.vocab, d),
+                1.0,
+                false,
+            );
         }
     }
+    let lp = LogProbs { sums, counts };
+    if !grad {
+        return Ok((lp, None));
+    }
     inputs.push(x);
-    Ok((
-        LogProbs { sums, counts },
-        Tape {
-            inputs,
-            segments,
-            labels,
-            dropout,
-        },
-    ))
+    let tape = Tape { inputs, acts, segments, labels, head_grads, dropout };
+    Ok((lp, Some(tape)))
 }
 
 /// Logits (`rows × vocab`) of the final-normed hidden states of `rows`.
-fn head_logits(model: &Model, x: &[f32], rows: &[(usize, u32, f32)]) -> Vec<f32> {
+fn head_logits(model: &Model, x: &[f32], rows: &[(usize, u32)]) -> Vec<f32> {
     let c = &model.config;
     let d = c.hidden;
     let mut xn = vec![0f32; rows.len() * d];
-    for (i, &(r, _, _)) in rows.iter().enumerate() {
+    for (i, &(r, _)) in rows.iter().enumerate() {
         kernels::rmsnorm(
             &x[r * d..(r + 1) * d],
             &model.weights.final_norm,
@@ -609,7 +714,7 @@ fn head_logits(model: &Model, x: &[f32], rows: &[(usize, u32, f32)]) -> Vec<f32>
 pub fn backward(
     model: &Model,
     adapter: &Adapter,
-    tape: &Tape,
+    mut tape: Tape,
     dsum: &[f32],
     grads: &mut Adapter,
 ) -> Result<()> {
@@ -626,32 +731,11 @@ pub fn backward(
     let n: usize = tape.segments.iter().map(|s| s.1).sum();
     let x_final = &tape.inputs[c.layers];
     let seg_of = |row: usize| tape.segments.partition_point(|&(r0, _)| r0 <= row) - 1;
-    // LM head + log-softmax backward, chunked: d logit = coef · (onehot − softmax).
     let mut dxn = vec![0f32; n * d];
-    for chunk in tape.labels.chunks(HEAD_CHUNK) {
-        let mut logits = head_logits(model, x_final, chunk);
-        for (lab, row) in chunk.iter().zip(logits.chunks_exact_mut(c.vocab)) {
-            let coef = dsum[seg_of(lab.0)];
-            for v in row.iter_mut() {
-                *v = -coef * kernels::exp(*v - lab.2);
-            }
-            row[lab.1 as usize] += coef;
-        }
-        let mut dxc = vec![0f32; chunk.len() * d];
-        matmul(
-            &mut dxc,
-            MatRef::new(&logits, chunk.len(), c.vocab),
-            MatRef::new(model.weights.lm_head(), c.vocab, d),
-            1.0,
-            false,
-        );
-        for (i, &(r, _, _)) in chunk.iter().enumerate() {
-            for (a, &b) in dxn[r * d..(r + 1) * d]
-                .iter_mut()
-                .zip(&dxc[i * d..(i + 1) * d])
-            {
-                *a += b;
-            }
+    for (i, &(r, _)) in tape.labels.iter().enumerate() {
+        let coef = dsum[seg_of(r)];
+        for (a, &g) in dxn[r * d..(r + 1) * d].iter_mut().zip(&tape.head_grads[i * d..(i + 1) * d]) {
+            *a += coef * g;
         }
     }
     let mut dx = vec![0f32; n * d];
@@ -665,7 +749,8 @@ pub fn backward(
     };
     for li in (0..c.layers).rev() {
         let x = &tape.inputs[li];
-        let (_, acts) = ctx.layer_forward(li, x);
+        let mut acts = std::mem::take(&mut tape.acts[li]);
+        ctx.restore(li, x, &mut acts);
         dx = ctx.layer_backward(li, x, &acts, &dx, grads);
     }
     Ok(())

@@ -207,7 +207,7 @@ pub fn train(
         pass::backward(
             model,
             &adapter,
-            &tape,
+            tape,
             &vec![-1.0 / tokens as f32; ex.len()],
             &mut grads,
         )?;

@@ -98,7 +98,7 @@ fn lora_loss_and_gradients_match_peft() {
         gold.loss_mean_response_nll
     );
     let mut grads = pass::zero_grads(&adapter);
-    pass::backward(m, &adapter, &tape, &[-1.0 / count as f32], &mut grads).unwrap();
+    pass::backward(m, &adapter, tape, &[-1.0 / count as f32], &mut grads).unwrap();
     for e in &gold.grads {
         let p = Proj::ALL
             .into_iter()
@@ -191,7 +191,7 @@ fn check_against_finite_differences(dropout: Option<pass::Dropout>) {
     ];
     let (_, tape) = pass::forward(&m, &a, &batch, dropout).unwrap();
     let mut grads = pass::zero_grads(&a);
-    pass::backward(&m, &a, &tape, &[-0.7, 0.3], &mut grads).unwrap();
+    pass::backward(&m, &a, tape, &[-0.7, 0.3], &mut grads).unwrap();
     let eps = 1e-2f32;
     let mut checked = 0;
     for (l, p, _) in a.iter() {
