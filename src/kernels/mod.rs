@@ -4,29 +4,42 @@
 mod matmul;
 pub mod simd;
 
+use rayon::prelude::*;
+
 pub use matmul::{MatRef, Packed, dots_strided, linear, matmul, matmul_packed, matmul_tn};
 
 /// `out[r] = x[r] / rms(x[r]) * w` for each row of width `w.len()`.
 pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
-    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
-        let inv = 1.0 / (ss + eps).sqrt();
-        for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
-            *o = g * (v * inv);
-        }
-    }
+    x.par_chunks(d)
+        .zip(out.par_chunks_mut(d))
+        .with_min_len(min_rows(d))
+        .for_each(|(xr, or)| {
+            let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let inv = 1.0 / (ss + eps).sqrt();
+            for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
+                *o = g * (v * inv);
+            }
+        });
 }
+
+/// Fewest rows of width `d` worth a parallel task for cheap element-wise work.
+pub fn min_rows(d: usize) -> usize {
+    (16384 / d.max(1)).max(1)
+}
+
+/// Elements per parallel task of cheap element-wise work.
+const ELEMENTWISE_CHUNK: usize = 16384;
 
 /// Backward of [`rmsnorm`] for each row: `dx` receives (adds) the gradient given the
 /// input `x`, the weight `w` and the output gradient `dy`.
 pub fn rmsnorm_backward(x: &[f32], w: &[f32], eps: f32, dy: &[f32], dx: &mut [f32]) {
     let d = w.len();
-    for ((xr, dyr), dxr) in x
-        .chunks_exact(d)
-        .zip(dy.chunks_exact(d))
-        .zip(dx.chunks_exact_mut(d))
-    {
+    x.par_chunks(d)
+        .zip(dy.par_chunks(d))
+        .zip(dx.par_chunks_mut(d))
+        .with_min_len(min_rows(d))
+        .for_each(|((xr, dyr), dxr)| {
         let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
         let inv = 1.0 / (ss + eps).sqrt();
         let dot: f32 = xr
@@ -39,19 +52,26 @@ pub fn rmsnorm_backward(x: &[f32], w: &[f32], eps: f32, dy: &[f32], dx: &mut [f3
         for (((o, &x), &g), &wv) in dxr.iter_mut().zip(xr).zip(dyr).zip(w) {
             *o += inv * wv * g - x * k;
         }
-    }
+    });
 }
 
 /// Backward of [`swiglu`]: from the inputs `gate`, `up` and the output gradient `dh`,
 /// write the gradients of gate and up.
 pub fn swiglu_backward(gate: &[f32], up: &[f32], dh: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
-    for i in 0..gate.len() {
-        let g = gate[i];
-        let sig = 1.0 / (1.0 + exp(-g));
-        let silu = g * sig;
-        dup[i] = dh[i] * silu;
-        dgate[i] = dh[i] * up[i] * sig * (1.0 + g * (1.0 - sig));
-    }
+    let c = ELEMENTWISE_CHUNK;
+    gate.par_chunks(c)
+        .zip(up.par_chunks(c))
+        .zip(dh.par_chunks(c))
+        .zip(dgate.par_chunks_mut(c).zip(dup.par_chunks_mut(c)))
+        .for_each(|(((gate, up), dh), (dgate, dup))| {
+            for i in 0..gate.len() {
+                let g = gate[i];
+                let sig = 1.0 / (1.0 + exp(-g));
+                let silu = g * sig;
+                dup[i] = dh[i] * silu;
+                dgate[i] = dh[i] * up[i] * sig * (1.0 + g * (1.0 - sig));
+            }
+        });
 }
 
 /// Root mean square of a vector (diagnostics).
@@ -137,9 +157,13 @@ pub fn exp(x: f32) -> f32 {
 
 /// `gate[i] = silu(gate[i]) * up[i]`.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + exp(-*g)) * u;
-    }
+    gate.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(up.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|(gate, up)| {
+            for (g, &u) in gate.iter_mut().zip(up) {
+                *g = *g / (1.0 + exp(-*g)) * u;
+            }
+        });
 }
 
 /// In-place softmax of `x`.

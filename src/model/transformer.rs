@@ -195,9 +195,7 @@ impl Model {
         for (li, layer) in self.weights.layers.iter().enumerate() {
             let x = &mut ws.x[..n * d];
             let xn = &mut ws.xn[..n * d];
-            par_rows(x, xn, d, |xr, or| {
-                kernels::rmsnorm(xr, &layer.attn_norm, c.rms_eps, or)
-            });
+            kernels::rmsnorm(x, &layer.attn_norm, c.rms_eps, xn);
             let (q, k, v) = (
                 &mut ws.q[..n * qd],
                 &mut ws.k[..n * kvd],
@@ -210,7 +208,7 @@ impl Model {
             q.par_chunks_mut(qd)
                 .zip(k.par_chunks_mut(kvd))
                 .zip(rows.par_iter())
-                .with_min_len(min_rows(qd))
+                .with_min_len(kernels::min_rows(qd))
                 .for_each(|((qr, kr), &(_, pos))| {
                     self.rope.apply(qr, pos);
                     self.rope.apply(kr, pos);
@@ -294,16 +292,11 @@ impl Model {
             let tmp = &mut ws.xn[..n * d];
             kernels::linear(&ws.att[..n * qd], n, layer.get(Proj::O), tmp, rowwise);
             add(x, tmp);
-            par_rows(x, tmp, d, |xr, or| {
-                kernels::rmsnorm(xr, &layer.ffn_norm, c.rms_eps, or)
-            });
+            kernels::rmsnorm(x, &layer.ffn_norm, c.rms_eps, tmp);
             let (gate, up) = (&mut ws.gate[..n * c.ffn], &mut ws.up[..n * c.ffn]);
             kernels::linear(tmp, n, layer.get(Proj::Gate), gate, rowwise);
             kernels::linear(tmp, n, layer.get(Proj::Up), up, rowwise);
-            gate.par_chunks_mut(c.ffn)
-                .zip(up.par_chunks(c.ffn))
-                .with_min_len(min_rows(c.ffn))
-                .for_each(|(g, u)| kernels::swiglu(g, u));
+            kernels::swiglu(gate, up);
             kernels::linear(gate, n, layer.get(Proj::Down), tmp, rowwise);
             add(x, tmp);
             if let Some(p) = probe.as_deref_mut() {
@@ -393,15 +386,3 @@ fn add(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// Fewest rows of width `d` worth a parallel task for cheap element-wise work.
-fn min_rows(d: usize) -> usize {
-    (16384 / d.max(1)).max(1)
-}
-
-/// Apply `f` to matching rows of `x` and `out` in parallel.
-fn par_rows(x: &[f32], out: &mut [f32], d: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) {
-    x.par_chunks(d)
-        .zip(out.par_chunks_mut(d))
-        .with_min_len(min_rows(d))
-        .for_each(|(xr, or)| f(xr, or));
-}

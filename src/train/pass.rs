@@ -263,6 +263,24 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Rotate every row of `buf` (rows of `width`) by rope at its position in its
+    /// sequence, or by the inverse rotation (the backward).
+    fn rope(&self, buf: &mut [f32], width: usize, inverse: bool) {
+        let rope = &self.model.rope;
+        buf.par_chunks_mut(width)
+            .enumerate()
+            .with_min_len(kernels::min_rows(width))
+            .for_each(|(row, x)| {
+                let s = self.segments.partition_point(|&(r0, _)| r0 <= row) - 1;
+                let pos = row - self.segments[s].0;
+                if inverse {
+                    rope.apply_inverse(x, pos);
+                } else {
+                    rope.apply(x, pos);
+                }
+            });
+    }
+
     fn mask(&self, li: usize, p: Proj, len: usize) -> Option<Vec<f32>> {
         let d = self.dropout.filter(|d| d.p > 0.0)?;
         self.adapter.get(li, p)?;
@@ -301,12 +319,8 @@ impl Ctx<'_> {
         fwd(Proj::Q, &xn1, &mut q);
         fwd(Proj::K, &xn1, &mut k);
         fwd(Proj::V, &xn1, &mut v);
-        for &(r0, len) in self.segments {
-            for t in 0..len {
-                m.rope.apply(&mut q[(r0 + t) * qd..(r0 + t + 1) * qd], t);
-                m.rope.apply(&mut k[(r0 + t) * kvd..(r0 + t + 1) * kvd], t);
-            }
-        }
+        self.rope(&mut q, qd, false);
+        self.rope(&mut k, kvd, false);
         let group = c.heads / c.kv_heads;
         let tasks: Vec<(usize, usize)> = (0..self.segments.len())
             .flat_map(|s| (0..c.heads).map(move |h| (s, h)))
@@ -557,14 +571,8 @@ impl Ctx<'_> {
                 }
             }
         }
-        for &(r0, len) in self.segments {
-            for t in 0..len {
-                m.rope
-                    .apply_inverse(&mut dq[(r0 + t) * qd..(r0 + t + 1) * qd], t);
-                m.rope
-                    .apply_inverse(&mut dk[(r0 + t) * kvd..(r0 + t + 1) * kvd], t);
-            }
-        }
+        self.rope(&mut dq, qd, true);
+        self.rope(&mut dk, kvd, true);
         let mut dxn1 = vec![0f32; n * d];
         bwd(Proj::Q, &a.xn1, &dq, &mut dxn1, grads);
         bwd(Proj::K, &a.xn1, &dk, &mut dxn1, grads);
@@ -653,16 +661,24 @@ fn run(
     let mut head_grads = if grad { vec![0f32; labels.len() * d] } else { Vec::new() };
     for (ci, chunk) in labels.chunks(HEAD_CHUNK).enumerate() {
         let mut logits = head_logits(model, &x, chunk);
-        for (lab, row) in chunk.iter().zip(logits.chunks_exact_mut(c.vocab)) {
-            let lse = kernels::log_sum_exp(row);
-            sums[seg_of(lab.0)] += row[lab.1 as usize] as f64 - lse;
-            if grad {
-                let lse = lse as f32;
-                for v in row.iter_mut() {
-                    *v = -kernels::exp(*v - lse);
+        let lps: Vec<f64> = chunk
+            .par_iter()
+            .zip(logits.par_chunks_exact_mut(c.vocab))
+            .map(|(lab, row)| {
+                let lse = kernels::log_sum_exp(row);
+                let lp = row[lab.1 as usize] as f64 - lse;
+                if grad {
+                    let lse = lse as f32;
+                    for v in row.iter_mut() {
+                        *v = -kernels::exp(*v - lse);
+                    }
+                    row[lab.1 as usize] += 1.0;
                 }
-                row[lab.1 as usize] += 1.0;
-            }
+                lp
+            })
+            .collect();
+        for (lab, lp) in chunk.iter().zip(lps) {
+            sums[seg_of(lab.0)] += lp;
         }
         if grad {
             let at = ci * HEAD_CHUNK * d;
