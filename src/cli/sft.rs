@@ -50,6 +50,9 @@ pub struct SftArgs {
     max_grad_norm: f32,
     #[arg(long, default_value_t = 4)]
     batch_size: usize,
+    /// Micro-batches per optimizer step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
     #[arg(long, default_value_t = 30)]
     max_steps: usize,
     /// Stop after the first step whose batch loss is below this.
@@ -74,6 +77,7 @@ pub fn run(g: &Globals, a: SftArgs) -> Result<()> {
         weight_decay: a.weight_decay,
         max_grad_norm: a.max_grad_norm,
         batch_size: a.batch_size,
+        grad_accum: a.grad_accum,
         max_steps: a.max_steps,
         stop_loss: a.stop_loss,
         prompt_loss: a.prompt_loss,

@@ -40,19 +40,19 @@ pub fn rmsnorm_backward(x: &[f32], w: &[f32], eps: f32, dy: &[f32], dx: &mut [f3
         .zip(dx.par_chunks_mut(d))
         .with_min_len(min_rows(d))
         .for_each(|((xr, dyr), dxr)| {
-        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
-        let inv = 1.0 / (ss + eps).sqrt();
-        let dot: f32 = xr
-            .iter()
-            .zip(dyr)
-            .zip(w)
-            .map(|((&x, &g), &wv)| x * g * wv)
-            .sum();
-        let k = inv * inv * inv * dot / d as f32;
-        for (((o, &x), &g), &wv) in dxr.iter_mut().zip(xr).zip(dyr).zip(w) {
-            *o += inv * wv * g - x * k;
-        }
-    });
+            let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let inv = 1.0 / (ss + eps).sqrt();
+            let dot: f32 = xr
+                .iter()
+                .zip(dyr)
+                .zip(w)
+                .map(|((&x, &g), &wv)| x * g * wv)
+                .sum();
+            let k = inv * inv * inv * dot / d as f32;
+            for (((o, &x), &g), &wv) in dxr.iter_mut().zip(xr).zip(dyr).zip(w) {
+                *o += inv * wv * g - x * k;
+            }
+        });
 }
 
 /// Backward of [`swiglu`]: from the inputs `gate`, `up` and the output gradient `dh`,

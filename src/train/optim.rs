@@ -1,5 +1,6 @@
 //! Optimisation primitives for LoRA training: AdamW, gradient-norm clipping,
-//! learning-rate schedules and gradient accumulation.
+//! learning-rate schedules. (Gradient accumulation needs nothing here: the backward adds
+//! into its gradient buffers, so micro-batches accumulate by construction.)
 //!
 //! Everything here mirrors the reference Python stack so that a ditto run can be
 //! compared number-for-number with a PyTorch + Hugging Face `transformers` run:
@@ -13,7 +14,6 @@
 //! * [`clip_grad_norm`] follows `torch.nn.utils.clip_grad_norm_`.
 //! * [`Schedule`] follows `transformers`' `get_*_schedule*` functions driven by a
 //!   `LambdaLR`, and [`warmup_steps`] follows `TrainingArguments.get_warmup_steps`.
-//! * [`GradAccumulator`] averages gradients over micro-batches.
 
 use std::fmt;
 use std::str::FromStr;
@@ -352,71 +352,6 @@ pub fn warmup_steps(ratio: f32, total: usize) -> usize {
     (ratio * total as f64).ceil() as usize
 }
 
-/// Sums gradients over micro-batches and yields their mean.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GradAccumulator {
-    sums: Vec<Vec<f32>>,
-    count: usize,
-}
-
-impl GradAccumulator {
-    /// Creates zeroed accumulation buffers for tensors of the given lengths.
-    pub fn new(sizes: &[usize]) -> Self {
-        Self {
-            sums: sizes.iter().map(|&n| vec![0.0; n]).collect(),
-            count: 0,
-        }
-    }
-
-    /// Number of micro-batches added since the last [`take_mean`](Self::take_mean).
-    pub fn micro_batches(&self) -> usize {
-        self.count
-    }
-
-    /// Adds one micro-batch's gradients. Nothing is added on a shape mismatch.
-    pub fn add(&mut self, grads: &[&[f32]]) -> Result<()> {
-        ensure!(
-            grads.len() == self.sums.len(),
-            "gradient accumulator holds {} tensors but got {}",
-            self.sums.len(),
-            grads.len()
-        );
-        for (i, (sum, g)) in self.sums.iter().zip(grads).enumerate() {
-            ensure!(
-                sum.len() == g.len(),
-                "gradient accumulator tensor {i}: expected {} elements, got {}",
-                sum.len(),
-                g.len()
-            );
-        }
-        for (sum, g) in self.sums.iter_mut().zip(grads) {
-            for (s, &x) in sum.iter_mut().zip(*g) {
-                *s += x;
-            }
-        }
-        self.count += 1;
-        Ok(())
-    }
-
-    /// Returns the mean gradient over the added micro-batches and resets the
-    /// accumulator. Errors if no micro-batch was added.
-    pub fn take_mean(&mut self) -> Result<Vec<Vec<f32>>> {
-        ensure!(self.count > 0, "no micro-batch gradients were accumulated");
-        let n = self.count as f32;
-        let mean = self
-            .sums
-            .iter_mut()
-            .map(|sum| {
-                let mean = sum.iter().map(|&s| s / n).collect();
-                sum.fill(0.0);
-                mean
-            })
-            .collect();
-        self.count = 0;
-        Ok(mean)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -713,21 +648,5 @@ mod tests {
         );
         assert!("Linear".parse::<Schedule>().is_err());
         assert!(serde_json::from_str::<Schedule>("\"warmup\"").is_err());
-    }
-
-    #[test]
-    fn grad_accumulator_averages_micro_batches() {
-        let mut acc = GradAccumulator::new(&[2, 1]);
-        assert!(acc.take_mean().is_err());
-        acc.add(&[&[1.0, -2.0], &[0.5]]).unwrap();
-        acc.add(&[&[3.0, 4.0], &[1.0]]).unwrap();
-        assert!(acc.add(&[&[1.0, 2.0], &[1.0, 2.0]]).is_err());
-        assert!(acc.add(&[&[1.0, 2.0]]).is_err());
-        acc.add(&[&[2.0, 1.0], &[0.0]]).unwrap();
-        assert_eq!(acc.micro_batches(), 3);
-        assert_eq!(acc.take_mean().unwrap(), vec![vec![2.0, 1.0], vec![0.5]]);
-        assert_eq!(acc.micro_batches(), 0);
-        acc.add(&[&[4.0, 4.0], &[4.0]]).unwrap();
-        assert_eq!(acc.take_mean().unwrap(), vec![vec![4.0, 4.0], vec![4.0]]);
     }
 }

@@ -216,8 +216,21 @@ fn attention_probs(q: MatRef, k: MatRef, scale: f32) -> Vec<f32> {
 }
 
 /// A head's rows inside a `[rows, stride]` buffer: `len` rows from `r0`, columns from `col`.
-fn head_view(buf: &[f32], r0: usize, len: usize, stride: usize, col: usize, hd: usize) -> MatRef<'_> {
-    MatRef { data: &buf[r0 * stride + col..], rows: len, cols: hd, rs: stride, cs: 1 }
+fn head_view(
+    buf: &[f32],
+    r0: usize,
+    len: usize,
+    stride: usize,
+    col: usize,
+    hd: usize,
+) -> MatRef<'_> {
+    MatRef {
+        data: &buf[r0 * stride + col..],
+        rows: len,
+        cols: hd,
+        rs: stride,
+        cs: 1,
+    }
 }
 
 /// Everything one layer's forward produces that its backward uses.
@@ -612,7 +625,11 @@ fn run(
     let mut n = 0;
     for (i, e) in batch.iter().enumerate() {
         if e.ids.is_empty() || e.label_from == 0 || e.label_from > e.ids.len() {
-            bail!("example {i}: label_from {} is outside 1..={}", e.label_from, e.ids.len());
+            bail!(
+                "example {i}: label_from {} is outside 1..={}",
+                e.label_from,
+                e.ids.len()
+            );
         }
         if e.ids.len() > model.context_len() {
             bail!(
@@ -622,7 +639,10 @@ fn run(
             );
         }
         if let Some(&t) = e.ids.iter().find(|&&t| t as usize >= c.vocab) {
-            bail!("example {i}: token id {t} is outside the vocabulary ({})", c.vocab);
+            bail!(
+                "example {i}: token id {t} is outside the vocabulary ({})",
+                c.vocab
+            );
         }
         segments.push((n, e.ids.len()));
         n += e.ids.len();
@@ -633,7 +653,13 @@ fn run(
         let t = t as usize;
         x[row * d..(row + 1) * d].copy_from_slice(&model.weights.embed[t * d..(t + 1) * d]);
     }
-    let ctx = Ctx { model, adapter, n, segments: &segments, dropout };
+    let ctx = Ctx {
+        model,
+        adapter,
+        n,
+        segments: &segments,
+        dropout,
+    };
     let mut inputs = Vec::with_capacity(if grad { c.layers + 1 } else { 0 });
     let mut acts = Vec::with_capacity(if grad { c.layers } else { 0 });
     for li in 0..c.layers {
@@ -658,7 +684,11 @@ fn run(
     let seg_of = |row: usize| segments.partition_point(|&(r0, _)| r0 <= row) - 1;
     // With gradients: ∂ log p(label) / ∂ normed hidden = E[label] − softmaxᵀ·E per row,
     // computed here while the chunk's logits exist.
-    let mut head_grads = if grad { vec![0f32; labels.len() * d] } else { Vec::new() };
+    let mut head_grads = if grad {
+        vec![0f32; labels.len() * d]
+    } else {
+        Vec::new()
+    };
     for (ci, chunk) in labels.chunks(HEAD_CHUNK).enumerate() {
         let mut logits = head_logits(model, &x, chunk);
         let lps: Vec<f64> = chunk
@@ -696,7 +726,14 @@ fn run(
         return Ok((lp, None));
     }
     inputs.push(x);
-    let tape = Tape { inputs, acts, segments, labels, head_grads, dropout };
+    let tape = Tape {
+        inputs,
+        acts,
+        segments,
+        labels,
+        head_grads,
+        dropout,
+    };
     Ok((lp, Some(tape)))
 }
 
@@ -750,7 +787,10 @@ pub fn backward(
     let mut dxn = vec![0f32; n * d];
     for (i, &(r, _)) in tape.labels.iter().enumerate() {
         let coef = dsum[seg_of(r)];
-        for (a, &g) in dxn[r * d..(r + 1) * d].iter_mut().zip(&tape.head_grads[i * d..(i + 1) * d]) {
+        for (a, &g) in dxn[r * d..(r + 1) * d]
+            .iter_mut()
+            .zip(&tape.head_grads[i * d..(i + 1) * d])
+        {
             *a += coef * g;
         }
     }

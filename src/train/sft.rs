@@ -31,6 +31,8 @@ pub struct SftConfig {
     pub weight_decay: f64,
     pub max_grad_norm: f32,
     pub batch_size: usize,
+    /// Micro-batches of `batch_size` per optimizer step.
+    pub grad_accum: usize,
     pub max_steps: usize,
     /// Stop after the first step whose batch loss is below this.
     pub stop_loss: f32,
@@ -54,6 +56,7 @@ impl Default for SftConfig {
             weight_decay: 0.0,
             max_grad_norm: 1.0,
             batch_size: 4,
+            grad_accum: 1,
             max_steps: 30,
             stop_loss: 1.0,
             prompt_loss: false,
@@ -155,8 +158,8 @@ pub fn train(
     if seqs.is_empty() {
         bail!("no demonstrations to train on");
     }
-    if cfg.batch_size == 0 || cfg.max_steps == 0 {
-        bail!("batch size and max steps must be at least 1");
+    if cfg.batch_size == 0 || cfg.max_steps == 0 || cfg.grad_accum == 0 {
+        bail!("batch size, gradient accumulation and max steps must be at least 1");
     }
     let mut adapter = Adapter::init(cfg.lora()?, &model.config, cfg.seed)?;
     let sizes: Vec<usize> = adapter
@@ -177,40 +180,48 @@ pub fn train(
     let mut steps = Vec::new();
     let start = Instant::now();
     for step in 0..cfg.max_steps {
-        let mut batch = Vec::with_capacity(cfg.batch_size);
-        while batch.len() < cfg.batch_size.min(seqs.len()) {
-            if order.is_empty() {
-                order = (0..seqs.len()).collect();
-                order.shuffle(&mut rng);
-            }
-            batch.push(order.pop().expect("refilled"));
-        }
-        let ex: Vec<Example> = batch
-            .iter()
-            .map(|&i| Example {
-                ids: &seqs[i].ids,
-                label_from: if cfg.prompt_loss {
-                    1
-                } else {
-                    seqs[i].label_from
-                },
-            })
-            .collect();
-        let dropout = Some(Dropout {
-            p: cfg.dropout,
-            seed: crate::sample::sample_seed(cfg.seed, step, 1),
-        });
-        let (lp, tape) = pass::forward(model, &adapter, &ex, dropout)?;
-        let tokens: usize = lp.counts.iter().sum();
-        let loss = -lp.sums.iter().sum::<f64>() / tokens as f64;
+        // `grad_accum` micro-batches; the loss is the mean of their mean token losses
+        // (as the Hugging Face Trainer averages), and gradients add up in `grads`.
         let mut grads = pass::zero_grads(&adapter);
-        pass::backward(
-            model,
-            &adapter,
-            tape,
-            &vec![-1.0 / tokens as f32; ex.len()],
-            &mut grads,
-        )?;
+        let mut loss = 0.0;
+        let mut tokens = 0;
+        for micro in 0..cfg.grad_accum {
+            let mut batch = Vec::with_capacity(cfg.batch_size);
+            while batch.len() < cfg.batch_size.min(seqs.len()) {
+                if order.is_empty() {
+                    order = (0..seqs.len()).collect();
+                    order.shuffle(&mut rng);
+                }
+                batch.push(order.pop().expect("refilled"));
+            }
+            let ex: Vec<Example> = batch
+                .iter()
+                .map(|&i| Example {
+                    ids: &seqs[i].ids,
+                    label_from: if cfg.prompt_loss {
+                        1
+                    } else {
+                        seqs[i].label_from
+                    },
+                })
+                .collect();
+            let dropout = Some(Dropout {
+                p: cfg.dropout,
+                seed: crate::sample::sample_seed(cfg.seed, step, 1 + micro),
+            });
+            let (lp, tape) = pass::forward(model, &adapter, &ex, dropout)?;
+            let n: usize = lp.counts.iter().sum();
+            let weight = 1.0 / (n as f64 * cfg.grad_accum as f64);
+            loss -= lp.sums.iter().sum::<f64>() * weight;
+            tokens += n;
+            pass::backward(
+                model,
+                &adapter,
+                tape,
+                &vec![-weight as f32; ex.len()],
+                &mut grads,
+            )?;
+        }
         let mut g: Vec<&mut [f32]> = grads
             .iter_mut()
             .flat_map(|p| [&mut p.a[..], &mut p.b[..]])

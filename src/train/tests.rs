@@ -99,6 +99,14 @@ fn lora_loss_and_gradients_match_peft() {
     );
     let mut grads = pass::zero_grads(&adapter);
     pass::backward(m, &adapter, tape, &[-1.0 / count as f32], &mut grads).unwrap();
+    assert_eq!(grads.iter().count(), 4 * m.config.layers);
+    for (l, p, g) in grads.iter() {
+        assert!(
+            norm(&g.a) > 0.0 && norm(&g.b) > 0.0,
+            "layer {l} {} has a zero gradient",
+            p.hf_name()
+        );
+    }
     for e in &gold.grads {
         let p = Proj::ALL
             .into_iter()
@@ -317,6 +325,35 @@ fn saved_adapter_loads_back_identically() {
     let tiny = crate::model::tiny::model();
     let err = format!("{:#}", Adapter::load(dir.path(), &tiny.config).unwrap_err());
     assert!(err.contains("does not fit the model"), "{err}");
+}
+
+#[test]
+fn accumulated_micro_batches_equal_one_batch() {
+    let (m, a) = tiny_setup();
+    let (s1, s2) = tiny_seqs();
+    let both = [
+        Example {
+            ids: &s1,
+            label_from: 3,
+        },
+        Example {
+            ids: &s2,
+            label_from: 1,
+        },
+    ];
+    let (_, tape) = pass::forward(&m, &a, &both, None).unwrap();
+    let mut whole = pass::zero_grads(&a);
+    pass::backward(&m, &a, tape, &[-0.5, 0.25], &mut whole).unwrap();
+    let mut acc = pass::zero_grads(&a);
+    for (e, w) in both.iter().zip([-0.5f32, 0.25]) {
+        let (_, tape) = pass::forward(&m, &a, std::slice::from_ref(e), None).unwrap();
+        pass::backward(&m, &a, tape, &[w], &mut acc).unwrap();
+    }
+    for ((_, _, x), (_, _, y)) in whole.iter().zip(acc.iter()) {
+        for (u, v) in x.a.iter().chain(&x.b).zip(y.a.iter().chain(&y.b)) {
+            assert!((u - v).abs() <= 1e-3 * u.abs().max(1e-3), "{u} vs {v}");
+        }
+    }
 }
 
 #[test]
