@@ -4,6 +4,7 @@ mod chat;
 mod generate;
 mod perf;
 mod sft;
+mod train;
 
 use crate::model::lora::Adapter;
 use crate::model::{Model, fetch};
@@ -40,6 +41,8 @@ enum Command {
     Perf(perf::PerfArgs),
     /// Train a LoRA adapter on demonstrations (supervised fine-tuning).
     Sft(sft::SftArgs),
+    /// Personalize the model: SFT, then DITTO preference rounds, into a run directory.
+    Train(train::TrainArgs),
 }
 
 /// Which model to load.
@@ -158,5 +161,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Chat(a) => chat::run(&ctx, a),
         Command::Perf(a) => perf::run(&ctx, a, threads),
         Command::Sft(a) => sft::run(&ctx, a),
+        Command::Train(a) => train::run(&ctx, a),
     })
 }

@@ -19,7 +19,8 @@ use std::path::Path;
 use std::time::Instant;
 
 /// SFT settings; defaults are the paper's.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SftConfig {
     pub r: usize,
     pub alpha: f32,
