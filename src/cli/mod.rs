@@ -3,6 +3,7 @@
 mod chat;
 mod generate;
 mod perf;
+mod score;
 mod sft;
 mod train;
 
@@ -43,6 +44,8 @@ enum Command {
     Sft(sft::SftArgs),
     /// Personalize the model: SFT, then DITTO preference rounds, into a run directory.
     Train(train::TrainArgs),
+    /// Mean log-prob per response token of demonstrations under the base model and adapters.
+    Score(score::ScoreArgs),
 }
 
 /// Which model to load.
@@ -162,5 +165,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Perf(a) => perf::run(&ctx, a, threads),
         Command::Sft(a) => sft::run(&ctx, a),
         Command::Train(a) => train::run(&ctx, a),
+        Command::Score(a) => score::run(&ctx, a),
     })
 }

@@ -63,7 +63,9 @@ pub struct TrainArgs {
 fn apply_overrides(cfg: &TrainConfig, sets: &[String]) -> Result<TrainConfig> {
     let mut doc: toml::Table = toml::from_str(&toml::to_string(cfg)?)?;
     for s in sets {
-        let (key, value) = s.split_once('=').with_context(|| format!("--set {s:?}: expected KEY=VALUE"))?;
+        let (key, value) = s
+            .split_once('=')
+            .with_context(|| format!("--set {s:?}: expected KEY=VALUE"))?;
         let (table, field) = key
             .split_once('.')
             .with_context(|| format!("--set {key:?}: expected sft.<field> or ditto.<field>"))?;
@@ -98,15 +100,21 @@ fn apply_overrides(cfg: &TrainConfig, sets: &[String]) -> Result<TrainConfig> {
 
 fn resolve_config(a: &TrainArgs, model: &Model) -> Result<TrainConfig> {
     let params = model.config.layers * 12 * model.config.hidden * model.config.hidden;
-    let preset = a
-        .preset
-        .clone()
-        .unwrap_or_else(|| if params < 1_000_000_000 { "cpu" } else { "paper" }.to_owned());
+    let preset = a.preset.clone().unwrap_or_else(|| {
+        if params < 1_000_000_000 {
+            "cpu"
+        } else {
+            "paper"
+        }
+        .to_owned()
+    });
     let mut cfg = TrainConfig::preset(&preset)?;
     if let Some(path) = &a.config {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let mut doc: toml::Table = toml::from_str(&toml::to_string(&cfg)?)?;
-        let user: toml::Table = toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
+        let user: toml::Table =
+            toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
         for (k, v) in user {
             match (doc.get_mut(&k).and_then(|t| t.as_table_mut()), v) {
                 (Some(t), toml::Value::Table(u)) => t.extend(u),
@@ -137,26 +145,40 @@ fn resolve_config(a: &TrainArgs, model: &Model) -> Result<TrainConfig> {
 
 pub fn run(g: &Globals, a: TrainArgs) -> Result<()> {
     let demos = read_demos(&a.demos)?;
-    let dir = RunDir { root: a.out.clone() };
+    let dir = RunDir {
+        root: a.out.clone(),
+    };
     if dir.summary().exists() && !a.overwrite {
-        bail!("{} holds a finished run; pass --overwrite to replace it", a.out.display());
+        bail!(
+            "{} holds a finished run; pass --overwrite to replace it",
+            a.out.display()
+        );
     }
     let in_progress = a.out.join("checkpoint").exists() || dir.sft().exists();
     if in_progress && !a.resume && !a.overwrite {
-        bail!("{} holds an unfinished run; pass --resume to continue it or --overwrite to start over", a.out.display());
+        bail!(
+            "{} holds an unfinished run; pass --resume to continue it or --overwrite to start over",
+            a.out.display()
+        );
     }
     if a.overwrite && a.out.exists() {
-        std::fs::remove_dir_all(&a.out).with_context(|| format!("cannot clear {}", a.out.display()))?;
+        std::fs::remove_dir_all(&a.out)
+            .with_context(|| format!("cannot clear {}", a.out.display()))?;
     }
     let mut model = g.load_model(&a.model)?;
     let cfg = if a.resume && dir.config().exists() {
         let text = std::fs::read_to_string(dir.config())?;
-        toml::from_str(&text).with_context(|| format!("{}: invalid config", dir.config().display()))?
+        toml::from_str(&text)
+            .with_context(|| format!("{}: invalid config", dir.config().display()))?
     } else {
         resolve_config(&a, &model)?
     };
     let seqs = sft::encode_demos(&model, &demos)?;
-    let base_name = model.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let base_name = model
+        .source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let total = cfg.sft.max_steps + cfg.ditto.steps;
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
@@ -168,7 +190,13 @@ pub fn run(g: &Globals, a: TrainArgs) -> Result<()> {
     let t0 = Instant::now();
     let mut sft_s = None;
     let mut samples_rate = 0.0;
-    let input = RunInput { demos: &seqs, config: &cfg, dir: &a.out, base_model: &base_name, stop_after: None };
+    let input = RunInput {
+        demos: &seqs,
+        config: &cfg,
+        dir: &a.out,
+        base_model: &base_name,
+        stop_after: None,
+    };
     let result = ditto::run(&mut model, &input, |ev| {
         match ev {
             Event::Sft(l) => {
@@ -206,8 +234,14 @@ pub fn run(g: &Globals, a: TrainArgs) -> Result<()> {
         "final_adapter": dir.final_adapter(),
         "sft_adapter": dir.sft(),
     });
-    crate::atomic::write(&dir.summary(), serde_json::to_string_pretty(&summary)?.as_bytes())?;
-    eprintln!("ditto train: done in {total_s:.0} s; adapter in {}", dir.final_adapter().display());
+    crate::atomic::write(
+        &dir.summary(),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    eprintln!(
+        "ditto train: done in {total_s:.0} s; adapter in {}",
+        dir.final_adapter().display()
+    );
     eprintln!("{summary:#}");
     if !a.compare.is_empty() {
         compare(&mut model, &policy, &a.compare)?;
@@ -221,18 +255,29 @@ fn compare(model: &mut Model, policy: &Adapter, prompts: &[String]) -> Result<()
         .iter()
         .map(|p| model.chat_prompt(&prompt_messages(None, p)))
         .collect::<Result<_>>()?;
-    let params = SamplingParams { temperature: 0.7, top_p: 0.9, max_new_tokens: 160, seed: 1, ..SamplingParams::default() };
+    let params = SamplingParams {
+        temperature: 0.7,
+        top_p: 0.9,
+        max_new_tokens: 160,
+        seed: 1,
+        ..SamplingParams::default()
+    };
     let before = sample::generate(model, &ids, &params, GenerateOptions::default())?;
     let merged = policy.merged(&model.weights);
     let base = std::mem::replace(&mut model.weights, merged);
     let after = sample::generate(model, &ids, &params, GenerateOptions::default());
     let after = after.and_then(|s| {
-        s.iter().map(|x| sample_text(model, x)).collect::<Result<Vec<_>>>()
+        s.iter()
+            .map(|x| sample_text(model, x))
+            .collect::<Result<Vec<_>>>()
     });
     model.weights = base;
     let after = after?;
     for ((p, b), a) in prompts.iter().zip(&before).zip(&after) {
-        println!("\n=== prompt: {p}\n--- base model:\n{}\n--- personalized:\n{a}", sample_text(model, b)?);
+        println!(
+            "\n=== prompt: {p}\n--- base model:\n{}\n--- personalized:\n{a}",
+            sample_text(model, b)?
+        );
     }
     Ok(())
 }

@@ -6,9 +6,9 @@
 //! `--resume` continue to the same final adapter.
 
 use super::format::Encoded;
+use super::loss::{LossKind, PairLogps, preference_loss};
 use super::optim::{AdamW, AdamWConfig, Schedule, clip_grad_norm, warmup_steps};
 use super::pairs::{self, Kind, Mix, Pair, SampleInfo, Side};
-use super::loss::{LossKind, PairLogps, preference_loss};
 use super::pass::{self, Example};
 use super::sft::{self, SftConfig, StepLog};
 use crate::model::Model;
@@ -127,10 +127,11 @@ impl TrainConfig {
         self.sft.lora()?;
         let d = &self.ditto;
         d.mix.validate()?;
-        if d.steps == 0 || d.round_every == 0 || d.samples_per_prompt == 0 || d.max_new_tokens == 0 {
+        if d.steps == 0 || d.round_every == 0 || d.samples_per_prompt == 0 || d.max_new_tokens == 0
+        {
             bail!("ditto: steps, round_every, samples_per_prompt and max_new_tokens must be ≥ 1");
         }
-        if !(d.beta > 0.0) {
+        if d.beta.is_nan() || d.beta <= 0.0 {
             bail!("ditto: beta must be positive, got {}", d.beta);
         }
         Ok(())
@@ -249,7 +250,12 @@ pub struct RunInput<'a> {
 }
 
 /// A sequence of the policy's training batch: a demo or a sample.
-fn side_seq<'a>(side: Side, prompt: usize, demos: &'a [Encoded], samples: &'a [Full]) -> (&'a [u32], usize) {
+fn side_seq<'a>(
+    side: Side,
+    prompt: usize,
+    demos: &'a [Encoded],
+    samples: &'a [Full],
+) -> (&'a [u32], usize) {
     match side {
         Side::Demo => (&demos[prompt].ids, demos[prompt].label_from),
         Side::Sample(i) => (&samples[i].ids, samples[i].label_from),
@@ -266,20 +272,30 @@ struct Full {
 fn score(model: &Model, adapter: &Adapter, seqs: &[(&[u32], usize)]) -> Result<Vec<f64>> {
     let mut out = Vec::with_capacity(seqs.len());
     for chunk in seqs.chunks(8) {
-        let ex: Vec<Example> = chunk.iter().map(|&(ids, label_from)| Example { ids, label_from }).collect();
+        let ex: Vec<Example> = chunk
+            .iter()
+            .map(|&(ids, label_from)| Example { ids, label_from })
+            .collect();
         out.extend(pass::logprobs(model, adapter, &ex)?.sums);
     }
     Ok(out)
 }
 
 /// Run (or resume) SFT and the preference stage; returns the final adapter.
-pub fn run(model: &mut Model, input: &RunInput, mut on_event: impl FnMut(Event) -> Result<()>) -> Result<Option<Adapter>> {
+pub fn run(
+    model: &mut Model,
+    input: &RunInput,
+    mut on_event: impl FnMut(Event) -> Result<()>,
+) -> Result<Option<Adapter>> {
     let cfg = input.config;
     cfg.validate()?;
-    let dir = RunDir { root: input.dir.to_path_buf() };
+    let dir = RunDir {
+        root: input.dir.to_path_buf(),
+    };
     let demos = input.demos;
     let n_prompts = demos.len();
-    std::fs::create_dir_all(dir.rounds()).with_context(|| format!("cannot create {}", dir.rounds().display()))?;
+    std::fs::create_dir_all(dir.rounds())
+        .with_context(|| format!("cannot create {}", dir.rounds().display()))?;
     std::fs::create_dir_all(dir.checkpoint())?;
     crate::atomic::write(&dir.config(), toml::to_string(cfg)?.as_bytes())?;
     let start = Instant::now();
@@ -299,34 +315,55 @@ pub fn run(model: &mut Model, input: &RunInput, mut on_event: impl FnMut(Event) 
     let d = &cfg.ditto;
     let mix = match d.mode {
         Mode::Ditto => d.mix,
-        Mode::Spin => Mix { expert: 1.0, replay: 0.0, inter_policy: 0.0, ..d.mix },
+        Mode::Spin => Mix {
+            expert: 1.0,
+            replay: 0.0,
+            inter_policy: 0.0,
+            ..d.mix
+        },
     };
     let rounds_total = d.steps.div_ceil(d.round_every);
     let (mut policy, mut state) = match read_state(&dir)? {
-        Some(s) => (Adapter::load(&dir.policy_at(s.steps_done), &model.config)?, s),
+        Some(s) => (
+            Adapter::load(&dir.policy_at(s.steps_done), &model.config)?,
+            s,
+        ),
         None => {
             let sizes: Vec<usize> = {
                 let mut p = sft_adapter.clone();
                 p.iter_mut().flat_map(|x| [x.a.len(), x.b.len()]).collect()
             };
             let opt = AdamW::new(
-                AdamWConfig { lr: d.lr, weight_decay: d.weight_decay, ..AdamWConfig::default() },
+                AdamWConfig {
+                    lr: d.lr,
+                    weight_decay: d.weight_decay,
+                    ..AdamWConfig::default()
+                },
                 &sizes,
             )?;
-            (sft_adapter.clone(), State { steps_done: 0, rounds_done: 0, optimizer: opt })
+            (
+                sft_adapter.clone(),
+                State {
+                    steps_done: 0,
+                    rounds_done: 0,
+                    optimizer: opt,
+                },
+            )
         }
     };
     // The reference of the current round: the SFT adapter (DITTO) or the policy as it
     // was when the round began (SPIN, restored from that round's checkpoint).
+    // (A run resumed on a round boundary resets it before its next step anyway.)
+    let round_start = state.steps_done - state.steps_done % d.round_every;
     let mut reference = match d.mode {
-        Mode::Ditto => sft_adapter.clone(),
-        Mode::Spin if state.rounds_done > 0 => {
-            Adapter::load(&dir.policy_at((state.rounds_done - 1) * d.round_every), &model.config)
+        Mode::Spin if round_start > 0 && state.steps_done % d.round_every != 0 => {
+            Adapter::load(&dir.policy_at(round_start), &model.config)
                 .context("SPIN resume needs the policy checkpoint of the current round")?
         }
-        Mode::Spin => sft_adapter.clone(),
+        _ => sft_adapter.clone(),
     };
-    let demo_seqs: Vec<(&[u32], usize)> = demos.iter().map(|e| (&e.ids[..], e.label_from)).collect();
+    let demo_seqs: Vec<(&[u32], usize)> =
+        demos.iter().map(|e| (&e.ids[..], e.label_from)).collect();
     let mut demo_ref = score(model, &reference, &demo_seqs)?;
     let mut samples: Vec<Full> = Vec::new();
     let mut infos: Vec<SampleInfo> = Vec::new();
@@ -346,18 +383,29 @@ pub fn run(model: &mut Model, input: &RunInput, mut on_event: impl FnMut(Event) 
                 reference = policy.clone();
                 demo_ref = score(model, &reference, &demo_seqs)?;
             }
-            let per_prompt = if d.upfront { d.samples_per_prompt * rounds_total } else { d.samples_per_prompt };
+            let per_prompt = if d.upfront {
+                d.samples_per_prompt * rounds_total
+            } else {
+                d.samples_per_prompt
+            };
             let t0 = Instant::now();
             let new = sample_round(model, &policy, &reference, demos, round, per_prompt, d)?;
             let secs = t0.elapsed().as_secs_f64();
-            let lines: Vec<String> = new.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+            let lines: Vec<String> = new
+                .iter()
+                .map(serde_json::to_string)
+                .collect::<Result<_, _>>()?;
             crate::atomic::write(&dir.round_file(round), (lines.join("\n") + "\n").as_bytes())?;
             let log = RoundLog {
                 stage: "round",
                 round,
                 samples: new.len(),
-                mean_tokens: new.iter().map(|s| s.ids.len()).sum::<usize>() as f64 / new.len().max(1) as f64,
-                finished_share: new.iter().filter(|s| s.finish_reason == FinishReason::Stop).count() as f64
+                mean_tokens: new.iter().map(|s| s.ids.len()).sum::<usize>() as f64
+                    / new.len().max(1) as f64,
+                finished_share: new
+                    .iter()
+                    .filter(|s| s.finish_reason == FinishReason::Stop)
+                    .count() as f64
                     / new.len().max(1) as f64,
                 seconds: secs,
                 samples_per_s: new.len() as f64 / secs.max(1e-9),
@@ -376,7 +424,20 @@ pub fn run(model: &mut Model, input: &RunInput, mut on_event: impl FnMut(Event) 
         let cands = pairs::candidates(&infos, n_prompts, sample_round_of);
         let mut rng = ChaCha8Rng::seed_from_u64(sample::sample_seed(d.seed, step, 7));
         let drawn = pairs::draw(&cands, &mix, n_prompts, &mut rng);
-        let log = preference_step(model, &mut policy, &mut state.optimizer, &drawn, demos, &samples, &demo_ref, step, round, warmup, d, start)?;
+        let log = preference_step(
+            model,
+            &mut policy,
+            &mut state.optimizer,
+            &drawn,
+            demos,
+            &samples,
+            &demo_ref,
+            step,
+            round,
+            warmup,
+            d,
+            start,
+        )?;
         sft::append_jsonl(&dir.metrics(), &log)?;
         on_event(Event::Step(&log))?;
         state.steps_done = step + 1;
@@ -386,12 +447,24 @@ pub fn run(model: &mut Model, input: &RunInput, mut on_event: impl FnMut(Event) 
     Ok(Some(policy))
 }
 
-fn push_sample(samples: &mut Vec<Full>, infos: &mut Vec<SampleInfo>, demos: &[Encoded], s: &RoundSample) {
+fn push_sample(
+    samples: &mut Vec<Full>,
+    infos: &mut Vec<SampleInfo>,
+    demos: &[Encoded],
+    s: &RoundSample,
+) {
     let prompt = &demos[s.prompt];
     let mut ids = prompt.ids[..prompt.label_from].to_vec();
     ids.extend_from_slice(&s.ids);
-    samples.push(Full { ids, label_from: prompt.label_from, ref_logp: s.ref_logp });
-    infos.push(SampleInfo { prompt: s.prompt, round: s.round });
+    samples.push(Full {
+        ids,
+        label_from: prompt.label_from,
+        ref_logp: s.ref_logp,
+    });
+    infos.push(SampleInfo {
+        prompt: s.prompt,
+        round: s.round,
+    });
 }
 
 /// Sample `per_prompt` completions per demo prompt from the policy (merged into the
@@ -405,7 +478,10 @@ fn sample_round(
     per_prompt: usize,
     d: &DittoConfig,
 ) -> Result<Vec<RoundSample>> {
-    let prompts: Vec<Vec<u32>> = demos.iter().map(|e| e.ids[..e.label_from].to_vec()).collect();
+    let prompts: Vec<Vec<u32>> = demos
+        .iter()
+        .map(|e| e.ids[..e.label_from].to_vec())
+        .collect();
     let merged = policy.merged(&model.weights);
     let base = std::mem::replace(&mut model.weights, merged);
     let params = SamplingParams {
@@ -416,7 +492,11 @@ fn sample_round(
         min_new_tokens: 0,
         seed: sample::sample_seed(d.seed, round, 11),
     };
-    let opts = GenerateOptions { n: per_prompt, max_batch: 16, ..GenerateOptions::default() };
+    let opts = GenerateOptions {
+        n: per_prompt,
+        max_batch: 16,
+        ..GenerateOptions::default()
+    };
     let out = sample::generate(model, &prompts, &params, opts);
     model.weights = base;
     let out = out?;
@@ -479,7 +559,16 @@ fn preference_step(
             Side::Demo => demo_ref[pair.prompt],
             Side::Sample(i) => samples[i].ref_logp,
         };
-        let batch = [Example { ids: cw, label_from: lw_from }, Example { ids: cl, label_from: ll_from }];
+        let batch = [
+            Example {
+                ids: cw,
+                label_from: lw_from,
+            },
+            Example {
+                ids: cl,
+                label_from: ll_from,
+            },
+        ];
         let (lp, tape) = pass::forward(model, policy, &batch, None)?;
         let inputs = PairLogps {
             policy_chosen: lp.sums[0],
@@ -489,21 +578,33 @@ fn preference_step(
         };
         let (l, per) = preference_loss(d.loss, d.beta, &[inputs]);
         let g = &per[0];
-        pass::backward(model, policy, tape, &[(g.d_chosen / p) as f32, (g.d_rejected / p) as f32], &mut grads)?;
+        pass::backward(
+            model,
+            policy,
+            tape,
+            &[(g.d_chosen / p) as f32, (g.d_rejected / p) as f32],
+            &mut grads,
+        )?;
         loss += l / p;
         margin += (g.chosen_reward - g.rejected_reward) / p;
-        acc += f64::from(u8::from(g.chosen_reward > g.rejected_reward)) / p;
+        acc += f64::from(u8::from(g.chosen_reward > g.rejected_reward));
         lw += lp.sums[0] / p;
         ll += lp.sums[1] / p;
     }
-    let mut gs: Vec<&mut [f32]> = grads.iter_mut().flat_map(|x| [&mut x.a[..], &mut x.b[..]]).collect();
+    let mut gs: Vec<&mut [f32]> = grads
+        .iter_mut()
+        .flat_map(|x| [&mut x.a[..], &mut x.b[..]])
+        .collect();
     let grad_norm = clip_grad_norm(&mut gs, d.max_grad_norm);
     if !grad_norm.is_finite() {
         bail!("step {step}: the gradient is not finite (loss {loss})");
     }
     let lr = (d.lr * d.schedule.lr_factor(step, warmup, d.steps) as f64) as f32;
     let gs: Vec<&[f32]> = gs.into_iter().map(|s| &*s).collect();
-    let mut params: Vec<&mut [f32]> = policy.iter_mut().flat_map(|x| [&mut x.a[..], &mut x.b[..]]).collect();
+    let mut params: Vec<&mut [f32]> = policy
+        .iter_mut()
+        .flat_map(|x| [&mut x.a[..], &mut x.b[..]])
+        .collect();
     opt.step(&mut params, &gs, lr)?;
     let count = |k: Kind| drawn.iter().filter(|x| x.kind == k).count();
     Ok(DittoLog {
@@ -512,7 +613,7 @@ fn preference_step(
         round,
         loss,
         reward_margin: margin,
-        reward_accuracy: acc,
+        reward_accuracy: acc / p,
         chosen_logp: lw,
         rejected_logp: ll,
         pairs_expert: count(Kind::Expert),
@@ -529,25 +630,38 @@ fn read_state(dir: &RunDir) -> Result<Option<State>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: corrupt checkpoint state", path.display()))?))
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Some(serde_json::from_str(&text).with_context(|| {
+        format!("{}: corrupt checkpoint state", path.display())
+    })?))
 }
 
 fn read_round(path: &Path) -> Result<Vec<RoundSample>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: corrupt sample", path.display(), i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: corrupt sample", path.display(), i + 1))
+        })
         .collect()
 }
 
 /// Write the policy for `state.steps_done`, then the state that points at it, then
 /// drop policies no longer needed (SPIN keeps the one its current round started from).
-fn save_checkpoint(dir: &RunDir, policy: &Adapter, state: &State, base: &str, d: &DittoConfig) -> Result<()> {
+fn save_checkpoint(
+    dir: &RunDir,
+    policy: &Adapter,
+    state: &State,
+    base: &str,
+    d: &DittoConfig,
+) -> Result<()> {
     policy.save(&dir.policy_at(state.steps_done), base)?;
     crate::atomic::write(&dir.state(), serde_json::to_string(state)?.as_bytes())?;
-    let keep_round_start = (state.steps_done.saturating_sub(1) / d.round_every) * d.round_every;
+    let round_start = state.steps_done - state.steps_done % d.round_every;
     for entry in std::fs::read_dir(dir.checkpoint())? {
         let path = entry?.path();
         let step = path
@@ -557,9 +671,10 @@ fn save_checkpoint(dir: &RunDir, policy: &Adapter, state: &State, base: &str, d:
             .and_then(|n| n.parse::<usize>().ok());
         if let Some(s) = step
             && s != state.steps_done
-            && !(d.mode == Mode::Spin && (s == keep_round_start || s == state.steps_done - state.steps_done % d.round_every))
+            && !(d.mode == Mode::Spin && s == round_start)
         {
-            std::fs::remove_dir_all(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
         }
     }
     Ok(())

@@ -10,4 +10,6 @@ pub mod pass;
 pub mod sft;
 
 #[cfg(test)]
+mod ditto_tests;
+#[cfg(test)]
 mod tests;
