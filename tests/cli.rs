@@ -96,3 +96,61 @@ fn generate_json_reports_ids_and_finish_reasons() {
         assert!(l["text"].is_string());
     }
 }
+
+#[test]
+fn bad_demonstrations_are_refused_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "malformed.jsonl",
+            "{\"prompt\": \"a\", \"demonstration\": \"b\"}\n{not json\n",
+            "malformed.jsonl:2: invalid JSON",
+        ),
+        (
+            "empty.jsonl",
+            "{\"prompt\": \"a\", \"demonstration\": \"  \"}\n",
+            "empty.jsonl:1: field \"demonstration\" is empty",
+        ),
+        (
+            "dup.jsonl",
+            "{\"prompt\": \"a\", \"demonstration\": \"b\"}\n{\"prompt\": \"a\", \"demonstration\": \"b\"}\n",
+            "dup.jsonl:2: duplicate of line 1",
+        ),
+        ("none.jsonl", "\n\n", "no demonstrations in"),
+    ];
+    for (name, text, want) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = dir.path().join("run");
+        let (code, _, stderr) = ditto(&[
+            "train",
+            "--demos",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 1, "{name}");
+        assert!(stderr.contains(want), "{name}: {stderr}");
+        assert!(!out.exists(), "{name}: nothing is written for bad input");
+    }
+    // Longer than the context: the default model's context is 8192 tokens.
+    let long = dir.path().join("long.jsonl");
+    let text = "word ".repeat(9000);
+    std::fs::write(
+        &long,
+        format!("{{\"prompt\": \"a\", \"demonstration\": \"{text}\"}}\n"),
+    )
+    .unwrap();
+    let (code, _, stderr) = ditto(&[
+        "sft",
+        "--demos",
+        long.to_str().unwrap(),
+        "--out",
+        dir.path().join("s").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("long.jsonl:1:") && stderr.contains("over the limit of 8192 tokens"),
+        "{stderr}"
+    );
+}
