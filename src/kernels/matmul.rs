@@ -245,6 +245,73 @@ unsafe fn dots_strided_impl<V: V16>(
     }
 }
 
+/// Most query heads [`dots_strided_group`] handles in one pass.
+pub const MAX_GROUP: usize = 8;
+
+/// [`dots_strided_impl`] for the `qs.len() / d` query vectors of `qs` at once: each
+/// row of `base` is loaded once for all of them.
+/// `out[j·len + t]` is query `j` against row `t`; same arithmetic as [`dots_strided`].
+///
+/// # Safety
+/// The CPU must support `V`'s instruction set; `qs.len() / d ≤ MAX_GROUP`.
+#[inline(always)]
+unsafe fn dots_strided_group_impl<V: V16>(
+    qs: &[f32],
+    d: usize,
+    base: &[f32],
+    stride: usize,
+    offset: usize,
+    len: usize,
+    out: &mut [f32],
+) {
+    let group = qs.len() / d;
+    let split = d - d % LANES;
+    for t in 0..len {
+        let row = &base[t * stride + offset..t * stride + offset + d];
+        // SAFETY: chunks stay inside each query and `row` (c + 16 ≤ split ≤ d).
+        unsafe {
+            let mut acc = [V::zero(); MAX_GROUP];
+            let mut c = 0;
+            while c < split {
+                let kv = V::load(row.as_ptr().add(c));
+                for (j, a) in acc.iter_mut().enumerate().take(group) {
+                    *a = a.fma(V::load(qs.as_ptr().add(j * d + c)), kv);
+                }
+                c += LANES;
+            }
+            for (j, a) in acc.iter().enumerate().take(group) {
+                let mut s = a.reduce();
+                for i in split..d {
+                    s = qs[j * d + i].mul_add(row[i], s);
+                }
+                out[j * len + t] = s;
+            }
+        }
+    }
+}
+
+dispatch!(fn dots_strided_group_dispatch => dots_strided_group_impl(qs: &[f32], d: usize, base: &[f32], stride: usize, offset: usize, len: usize, out: &mut [f32]));
+
+/// Scores of several query vectors (`qs`, `d` floats each, at most [`MAX_GROUP`])
+/// against `len` rows of `base`: `out[j·len + t]`. Equals [`dots_strided`] per query.
+pub fn dots_strided_group(
+    qs: &[f32],
+    d: usize,
+    base: &[f32],
+    stride: usize,
+    offset: usize,
+    len: usize,
+    out: &mut [f32],
+) {
+    let group = qs.len() / d;
+    assert!(group <= MAX_GROUP && qs.len() == group * d && out.len() >= group * len);
+    if len > 0 {
+        assert!(base.len() >= (len - 1) * stride + offset + d);
+    }
+    // SAFETY: bounds are checked by slicing inside; group ≤ MAX_GROUP.
+    unsafe { dots_strided_group_dispatch(qs, d, base, stride, offset, len, out) }
+}
+
 dispatch!(fn dots_strided_dispatch => dots_strided_impl(q: &[f32], base: &[f32], stride: usize, offset: usize, out: &mut [f32]));
 
 /// Dot products of `q` with `out.len()` rows of `base` spaced `stride` apart, each

@@ -6,7 +6,9 @@ pub mod simd;
 
 use rayon::prelude::*;
 
-pub use matmul::{MatRef, Packed, dots_strided, linear, matmul, matmul_packed, matmul_tn};
+pub use matmul::{
+    MatRef, Packed, dots_strided, dots_strided_group, linear, matmul, matmul_packed, matmul_tn,
+};
 
 /// `out[r] = x[r] / rms(x[r]) * w` for each row of width `w.len()`.
 pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -186,12 +188,15 @@ pub fn log_sum_exp(x: &[f32]) -> f64 {
     max + s.ln()
 }
 
-/// Causal attention of one query token over `len` cached positions of one KV head.
-/// `q` is one head (`head_dim`), `k`/`v` hold rows of `stride` floats of which this
-/// head's slice starts at `offset`; `scores` is scratch of at least `len`.
+/// Causal attention of one query token's heads that share one KV head (GQA group)
+/// over `len` cached positions. `q` holds the group's heads (`group × head_dim`),
+/// `k`/`v` rows of `stride` floats of which this KV head starts at `offset`; `scores` is
+/// scratch of at least `group × len`; `out` receives `group × head_dim`. Each cached
+/// row is read once for the whole group.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     q: &[f32],
+    head_dim: usize,
     k: &[f32],
     v: &[f32],
     stride: usize,
@@ -200,19 +205,32 @@ pub fn attend(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let d = q.len();
-    let scale = 1.0 / (d as f32).sqrt();
-    let scores = &mut scores[..len];
-    matmul::dots_strided(q, k, stride, offset, scores);
-    for s in scores.iter_mut() {
-        *s *= scale;
+    let d = head_dim;
+    let group = q.len() / d;
+    if group > matmul::MAX_GROUP {
+        for j in 0..group {
+            let (qj, oj) = (&q[j * d..(j + 1) * d], &mut out[j * d..(j + 1) * d]);
+            attend(qj, d, k, v, stride, offset, len, scores, oj);
+        }
+        return;
     }
-    softmax(scores);
-    out.fill(0.0);
-    for (t, &p) in scores.iter().enumerate() {
+    let scale = 1.0 / (d as f32).sqrt();
+    let scores = &mut scores[..group * len];
+    matmul::dots_strided_group(q, d, k, stride, offset, len, scores);
+    for row in scores.chunks_exact_mut(len) {
+        for s in row.iter_mut() {
+            *s *= scale;
+        }
+        softmax(row);
+    }
+    out[..group * d].fill(0.0);
+    for t in 0..len {
         let vr = &v[t * stride + offset..t * stride + offset + d];
-        for (o, &x) in out.iter_mut().zip(vr) {
-            *o += p * x;
+        for j in 0..group {
+            let p = scores[j * len + t];
+            for (o, &x) in out[j * d..(j + 1) * d].iter_mut().zip(vr) {
+                *o += p * x;
+            }
         }
     }
 }
@@ -338,7 +356,7 @@ mod tests {
         let v = [7.0f32, 8.0, 9.0, 10.0];
         let mut scores = [0f32; 4];
         let mut out = [0f32; 2];
-        attend(&q, &k, &v, 4, 2, 1, &mut scores, &mut out);
+        attend(&q, 2, &k, &v, 4, 2, 1, &mut scores, &mut out);
         assert_eq!(out, [9.0, 10.0]);
     }
 
@@ -382,6 +400,7 @@ mod tests {
             let mut out = vec![0f32; hd];
             attend(
                 &q[i * 16..i * 16 + hd],
+                hd,
                 &k,
                 &v,
                 stride,
@@ -413,5 +432,31 @@ mod tests {
         assert_eq!(exp(0.0), 1.0);
         assert!(exp(-1000.0) < 1e-37 && exp(-1000.0) >= 0.0);
         assert!(exp(f32::NEG_INFINITY) < 1e-37);
+    }
+
+    #[test]
+    fn grouped_attention_equals_one_head_at_a_time() {
+        let (hd, stride, len, group) = (16usize, 48usize, 7usize, 3usize);
+        let k: Vec<f32> = (0..len * stride).map(|i| (i as f32 * 0.29).sin()).collect();
+        let v: Vec<f32> = (0..len * stride).map(|i| (i as f32 * 0.17).cos()).collect();
+        let q: Vec<f32> = (0..group * hd).map(|i| (i as f32 * 0.41).sin()).collect();
+        let mut scores = vec![0f32; group * len];
+        let mut together = vec![0f32; group * hd];
+        attend(&q, hd, &k, &v, stride, 16, len, &mut scores, &mut together);
+        for j in 0..group {
+            let mut one = vec![0f32; hd];
+            attend(
+                &q[j * hd..(j + 1) * hd],
+                hd,
+                &k,
+                &v,
+                stride,
+                16,
+                len,
+                &mut scores,
+                &mut one,
+            );
+            assert_eq!(one, together[j * hd..(j + 1) * hd]);
+        }
     }
 }

@@ -190,8 +190,8 @@ impl Model {
         grow(&mut ws.att, n * qd);
         grow(&mut ws.gate, n * c.ffn);
         grow(&mut ws.up, n * c.ffn);
-        grow(&mut ws.scores, n * max_ctx);
         let group = c.heads / c.kv_heads;
+        grow(&mut ws.scores, n * max_ctx * group);
         for (li, layer) in self.weights.layers.iter().enumerate() {
             let x = &mut ws.x[..n * d];
             let xn = &mut ws.xn[..n * d];
@@ -223,24 +223,25 @@ impl Model {
             if rowwise {
                 ws.att[..n * qd]
                     .par_chunks_mut(qd)
-                    .zip(ws.scores[..n * max_ctx].par_chunks_mut(max_ctx))
+                    .zip(ws.scores[..n * max_ctx * group].par_chunks_mut(max_ctx * group))
                     .enumerate()
                     .for_each(|(r, (out, scores))| {
                         let (slot, pos) = rows[r];
                         let base = cache_ref.base(li, slot);
                         let kc = &cache_ref.k[base..base + (pos + 1) * kvd];
                         let vc = &cache_ref.v[base..base + (pos + 1) * kvd];
-                        for h in 0..c.heads {
-                            let g = h / group;
+                        for g in 0..c.kv_heads {
+                            let heads = g * group * hd..(g + 1) * group * hd;
                             kernels::attend(
-                                &q[r * qd + h * hd..r * qd + (h + 1) * hd],
+                                &q[r * qd..(r + 1) * qd][heads.clone()],
+                                hd,
                                 kc,
                                 vc,
                                 kvd,
                                 g * hd,
                                 pos + 1,
                                 scores,
-                                &mut out[h * hd..(h + 1) * hd],
+                                &mut out[heads],
                             );
                         }
                     });
