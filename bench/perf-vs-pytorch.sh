@@ -14,5 +14,7 @@ $PY calibrate.py 2 2>/dev/null | tail -1 | sed 's/^/{"who":"calibrate","r":/; s/
 $PY bench.py $MODEL forward --threads 2 2>/dev/null | tail -1 | sed 's/^/{"who":"torch","r":/; s/$/}/' >> $out
 $PY bench.py $MODEL generate --batch 1 --steps 3 --threads 2 2>/dev/null | tail -1 | sed 's/^/{"who":"torch","r":/; s/$/}/' >> $out
 $PY bench.py $MODEL generate --batch 16 --steps 3 --threads 2 2>/dev/null | tail -1 | sed 's/^/{"who":"torch","r":/; s/$/}/' >> $out
+$PY bench.py $MODEL lora --threads 2 2>/dev/null | tail -1 | sed 's/^/{"who":"torch","r":/; s/$/}/' >> $out
 "$HERE/target/release/ditto" perf --json --threads 2 --steps 5 --only forward 2>/dev/null | sed 's/^/{"who":"ditto","r":/; s/$/}/' >> $out
+"$HERE/target/release/ditto" perf --json --threads 2 --steps 5 --only lora 2>/dev/null | sed 's/^/{"who":"ditto","r":/; s/$/}/' >> $out
 "$HERE/target/release/ditto" perf --json --threads 2 --steps 3 --only generate1,generate16 2>/dev/null | sed 's/^/{"who":"ditto","r":/; s/$/}/' >> $out
