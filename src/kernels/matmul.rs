@@ -211,46 +211,13 @@ pub fn matmul_packed(x: &[f32], n: usize, w: &Packed, y: &mut [f32]) {
         });
 }
 
-/// `out[t] = q · base[t·stride + offset ..][..q.len()]`: 16-lane accumulation over
-/// chunks, a fixed lane-reduction tree, then the tail in order.
-///
-/// # Safety
-/// The CPU must support `V`'s instruction set.
-#[inline(always)]
-unsafe fn dots_strided_impl<V: V16>(
-    q: &[f32],
-    base: &[f32],
-    stride: usize,
-    offset: usize,
-    out: &mut [f32],
-) {
-    let d = q.len();
-    let split = d - d % LANES;
-    for (t, o) in out.iter_mut().enumerate() {
-        let row = &base[t * stride + offset..t * stride + offset + d];
-        // SAFETY: chunks stay inside `q` and `row` (c + 16 ≤ split ≤ d).
-        let mut s = unsafe {
-            let mut acc = V::zero();
-            let mut c = 0;
-            while c < split {
-                acc = acc.fma(V::load(q.as_ptr().add(c)), V::load(row.as_ptr().add(c)));
-                c += LANES;
-            }
-            acc.reduce()
-        };
-        for i in split..d {
-            s = q[i].mul_add(row[i], s);
-        }
-        *o = s;
-    }
-}
-
 /// Most query heads [`dots_strided_group`] handles in one pass.
 pub const MAX_GROUP: usize = 8;
 
-/// [`dots_strided_impl`] for the `qs.len() / d` query vectors of `qs` at once: each
-/// row of `base` is loaded once for all of them.
-/// `out[j·len + t]` is query `j` against row `t`; same arithmetic as [`dots_strided`].
+/// Dot products of the `qs.len() / d` query vectors of `qs` with `len` rows of `base`
+/// (`stride` apart, starting `offset` into each row), loading each row once for all
+/// queries: `out[j·len + t]`. Each product accumulates 16 lanes over chunks of 16, reduces
+/// the lanes in a fixed tree, then adds the tail in order.
 ///
 /// # Safety
 /// The CPU must support `V`'s instruction set; `qs.len() / d ≤ MAX_GROUP`.
@@ -293,7 +260,7 @@ unsafe fn dots_strided_group_impl<V: V16>(
 dispatch!(fn dots_strided_group_dispatch => dots_strided_group_impl(qs: &[f32], d: usize, base: &[f32], stride: usize, offset: usize, len: usize, out: &mut [f32]));
 
 /// Scores of several query vectors (`qs`, `d` floats each, at most [`MAX_GROUP`])
-/// against `len` rows of `base`: `out[j·len + t]`. Equals [`dots_strided`] per query.
+/// against `len` rows of `base`: `out[j·len + t]` (attention scores over a KV cache).
 pub fn dots_strided_group(
     qs: &[f32],
     d: usize,
@@ -310,18 +277,6 @@ pub fn dots_strided_group(
     }
     // SAFETY: bounds are checked by slicing inside; group ≤ MAX_GROUP.
     unsafe { dots_strided_group_dispatch(qs, d, base, stride, offset, len, out) }
-}
-
-dispatch!(fn dots_strided_dispatch => dots_strided_impl(q: &[f32], base: &[f32], stride: usize, offset: usize, out: &mut [f32]));
-
-/// Dot products of `q` with `out.len()` rows of `base` spaced `stride` apart, each
-/// starting `offset` into its row (attention scores over a KV cache).
-pub fn dots_strided(q: &[f32], base: &[f32], stride: usize, offset: usize, out: &mut [f32]) {
-    if let Some(last) = out.len().checked_sub(1) {
-        assert!(base.len() >= last * stride + offset + q.len());
-    }
-    // SAFETY: bounds are checked by slicing inside.
-    unsafe { dots_strided_dispatch(q, base, stride, offset, out) }
 }
 
 /// A read-only strided matrix view: element `(i, j)` is `data[i·rs + j·cs]`.
@@ -523,12 +478,16 @@ mod tests {
         // SAFETY: in bounds; single-threaded; the scalar path needs no CPU feature.
         unsafe { panel_range::<Scalar>(&x, n, &packed, 0, panels, SharedOut(slow.as_mut_ptr())) };
         assert_eq!(fast, slow);
-        let mut fast_dots = vec![0f32; 5];
-        dots_strided(&x[..k], &w, k, 0, &mut fast_dots);
-        let mut slow_dots = vec![0f32; 5];
+        let mut fast_dots = vec![0f32; 3 * 5];
+        dots_strided_group(&x[..3 * k], k, &w, k, 0, 5, &mut fast_dots);
+        let mut slow_dots = vec![0f32; 3 * 5];
         // SAFETY: as above.
-        unsafe { dots_strided_impl::<Scalar>(&x[..k], &w, k, 0, &mut slow_dots) };
+        unsafe { dots_strided_group_impl::<Scalar>(&x[..3 * k], k, &w, k, 0, 5, &mut slow_dots) };
         assert_eq!(fast_dots, slow_dots);
+        // Grouping does not change a query's scores.
+        let mut alone = vec![0f32; 5];
+        dots_strided_group(&x[k..2 * k], k, &w, k, 0, 5, &mut alone);
+        assert_eq!(alone, fast_dots[5..10]);
     }
 
     #[test]

@@ -6,9 +6,7 @@ pub mod simd;
 
 use rayon::prelude::*;
 
-pub use matmul::{
-    MatRef, Packed, dots_strided, dots_strided_group, linear, matmul, matmul_packed, matmul_tn,
-};
+pub use matmul::{MatRef, Packed, dots_strided_group, linear, matmul, matmul_packed, matmul_tn};
 
 /// `out[r] = x[r] / rms(x[r]) * w` for each row of width `w.len()`.
 pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
