@@ -12,6 +12,7 @@ use crate::model::weights::Proj;
 use crate::sample::{self, GenerateOptions, SamplingParams};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::pass::{self, Example};
+use crate::train::sft;
 use anyhow::{Result, bail};
 use clap::Args;
 use rand::{Rng, SeedableRng};
@@ -63,13 +64,18 @@ fn timed(steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
         .collect()
 }
 
-fn forward_shape(model: &Model, steps: usize) -> Result<(Vec<f64>, usize)> {
-    let (batch, seq) = (4usize, 256usize);
+/// `batch` sequences of `seq` random token ids (fixed seed), as the peer's benchmark.
+fn random_batch(model: &Model, batch: usize, seq: usize) -> Vec<Vec<u32>> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let vocab = model.config.vocab as u32;
-    let ids: Vec<Vec<u32>> = (0..batch)
+    (0..batch)
         .map(|_| (0..seq).map(|_| rng.random_range(0..vocab)).collect())
-        .collect();
+        .collect()
+}
+
+fn forward_shape(model: &Model, steps: usize) -> Result<(Vec<f64>, usize)> {
+    let (batch, seq) = (4usize, 256usize);
+    let ids = random_batch(model, batch, seq);
     let mut cache = KvCache::new(model, batch, seq);
     let mut ws = Workspace::default();
     let times = timed(steps, || {
@@ -87,11 +93,7 @@ fn forward_shape(model: &Model, steps: usize) -> Result<(Vec<f64>, usize)> {
 /// with the loss on every next token, as the peer's `lora` benchmark.
 fn lora_shape(model: &Model, steps: usize) -> Result<(Vec<f64>, usize)> {
     let (batch, seq) = (4usize, 256usize);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let vocab = model.config.vocab as u32;
-    let ids: Vec<Vec<u32>> = (0..batch)
-        .map(|_| (0..seq).map(|_| rng.random_range(0..vocab)).collect())
-        .collect();
+    let ids = random_batch(model, batch, seq);
     let lora = LoraConfig {
         r: 16,
         alpha: 32.0,
@@ -99,10 +101,7 @@ fn lora_shape(model: &Model, steps: usize) -> Result<(Vec<f64>, usize)> {
         targets: vec![Proj::Q, Proj::K, Proj::V, Proj::O],
     };
     let mut adapter = Adapter::init(lora, &model.config, 0)?;
-    let sizes: Vec<usize> = adapter
-        .iter_mut()
-        .flat_map(|p| [p.a.len(), p.b.len()])
-        .collect();
+    let sizes = adapter.param_sizes();
     let mut opt = AdamW::new(
         AdamWConfig {
             lr: 1e-4,
@@ -128,15 +127,9 @@ fn lora_shape(model: &Model, steps: usize) -> Result<(Vec<f64>, usize)> {
             &vec![-1.0 / n as f32; batch],
             &mut grads,
         )?;
-        let g: Vec<&[f32]> = grads
-            .iter()
-            .flat_map(|(_, _, p)| [&p.a[..], &p.b[..]])
-            .collect();
-        let mut params: Vec<&mut [f32]> = adapter
-            .iter_mut()
-            .flat_map(|p| [&mut p.a[..], &mut p.b[..]])
-            .collect();
-        opt.step(&mut params, &g, 1e-4)
+        // No clipping, as the peer's step.
+        sft::update(&mut adapter, &mut grads, &mut opt, f32::MAX, 1e-4)?;
+        Ok(())
     })?;
     Ok((times, batch * seq))
 }

@@ -98,6 +98,13 @@ impl Adapter {
         })
     }
 
+    /// Lengths of every A and B, in the order of [`Adapter::iter`] (optimizer state).
+    pub fn param_sizes(&self) -> Vec<usize> {
+        self.iter()
+            .flat_map(|(_, _, p)| [p.a.len(), p.b.len()])
+            .collect()
+    }
+
     /// Check that the adapter fits `model` (layer count and every pair's shape).
     pub fn check_fits(&self, model: &Config) -> Result<()> {
         if self.pairs.len() != model.layers {

@@ -7,7 +7,7 @@
 
 use super::format::Encoded;
 use super::loss::{LossKind, PairLogps, preference_loss};
-use super::optim::{AdamW, AdamWConfig, Schedule, clip_grad_norm, warmup_steps};
+use super::optim::{AdamW, AdamWConfig, Schedule, warmup_steps};
 use super::pairs::{self, Kind, Mix, Pair, SampleInfo, Side};
 use super::pass::{self, Example};
 use super::sft::{self, SftConfig, StepLog};
@@ -329,10 +329,7 @@ pub fn run(
             s,
         ),
         None => {
-            let sizes: Vec<usize> = {
-                let mut p = sft_adapter.clone();
-                p.iter_mut().flat_map(|x| [x.a.len(), x.b.len()]).collect()
-            };
+            let sizes = sft_adapter.param_sizes();
             let opt = AdamW::new(
                 AdamWConfig {
                     lr: d.lr,
@@ -591,21 +588,9 @@ fn preference_step(
         lw += lp.sums[0] / p;
         ll += lp.sums[1] / p;
     }
-    let mut gs: Vec<&mut [f32]> = grads
-        .iter_mut()
-        .flat_map(|x| [&mut x.a[..], &mut x.b[..]])
-        .collect();
-    let grad_norm = clip_grad_norm(&mut gs, d.max_grad_norm);
-    if !grad_norm.is_finite() {
-        bail!("step {step}: the gradient is not finite (loss {loss})");
-    }
     let lr = (d.lr * d.schedule.lr_factor(step, warmup, d.steps) as f64) as f32;
-    let gs: Vec<&[f32]> = gs.into_iter().map(|s| &*s).collect();
-    let mut params: Vec<&mut [f32]> = policy
-        .iter_mut()
-        .flat_map(|x| [&mut x.a[..], &mut x.b[..]])
-        .collect();
-    opt.step(&mut params, &gs, lr)?;
+    let grad_norm = sft::update(policy, &mut grads, opt, d.max_grad_norm, lr)
+        .with_context(|| format!("step {step} (loss {loss})"))?;
     let count = |k: Kind| drawn.iter().filter(|x| x.kind == k).count();
     Ok(DittoLog {
         stage: "ditto",

@@ -344,27 +344,9 @@ impl Ctx<'_> {
             .map(|&(s, h)| {
                 let (r0, len) = self.segments[s];
                 let g = h / group;
-                let qv = MatRef {
-                    data: &q[r0 * qd + h * hd..],
-                    rows: len,
-                    cols: hd,
-                    rs: qd,
-                    cs: 1,
-                };
-                let kv = MatRef {
-                    data: &k[r0 * kvd + g * hd..],
-                    rows: len,
-                    cols: hd,
-                    rs: kvd,
-                    cs: 1,
-                };
-                let vv = MatRef {
-                    data: &v[r0 * kvd + g * hd..],
-                    rows: len,
-                    cols: hd,
-                    rs: kvd,
-                    cs: 1,
-                };
+                let qv = head_view(&q, r0, len, qd, h * hd, hd);
+                let kv = head_view(&k, r0, len, kvd, g * hd, hd);
+                let vv = head_view(&v, r0, len, kvd, g * hd, hd);
                 let p = attention_probs(qv, kv, att_scale);
                 let mut o = vec![0f32; len * hd];
                 matmul(&mut o, MatRef::new(&p, len, len), vv, 1.0, false);
@@ -513,40 +495,16 @@ impl Ctx<'_> {
             .par_iter()
             .map(|&(s, g)| {
                 let (r0, len) = self.segments[s];
-                let kv = MatRef {
-                    data: &a.k[r0 * kvd + g * hd..],
-                    rows: len,
-                    cols: hd,
-                    rs: kvd,
-                    cs: 1,
-                };
-                let vv = MatRef {
-                    data: &a.v[r0 * kvd + g * hd..],
-                    rows: len,
-                    cols: hd,
-                    rs: kvd,
-                    cs: 1,
-                };
+                let kv = head_view(&a.k, r0, len, kvd, g * hd, hd);
+                let vv = head_view(&a.v, r0, len, kvd, g * hd, hd);
                 let mut dk = vec![0f32; len * hd];
                 let mut dv = vec![0f32; len * hd];
                 let mut dqs = Vec::with_capacity(group);
                 for h in g * group..(g + 1) * group {
                     let p = &a.probs[s * c.heads + h];
                     let pm = MatRef::new(p, len, len);
-                    let dov = MatRef {
-                        data: &datt[r0 * qd + h * hd..],
-                        rows: len,
-                        cols: hd,
-                        rs: qd,
-                        cs: 1,
-                    };
-                    let qv = MatRef {
-                        data: &a.q[r0 * qd + h * hd..],
-                        rows: len,
-                        cols: hd,
-                        rs: qd,
-                        cs: 1,
-                    };
+                    let dov = head_view(&datt, r0, len, qd, h * hd, hd);
+                    let qv = head_view(&a.q, r0, len, qd, h * hd, hd);
                     matmul(&mut dv, pm.t(), dov, 1.0, true);
                     let mut dp = vec![0f32; len * len];
                     matmul(&mut dp, dov, vv.t(), 1.0, false);

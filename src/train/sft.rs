@@ -163,10 +163,7 @@ pub fn train(
         bail!("batch size, gradient accumulation and max steps must be at least 1");
     }
     let mut adapter = Adapter::init(cfg.lora()?, &model.config, cfg.seed)?;
-    let sizes: Vec<usize> = adapter
-        .iter_mut()
-        .flat_map(|p| [p.a.len(), p.b.len()])
-        .collect();
+    let sizes = adapter.param_sizes();
     let mut opt = AdamW::new(
         AdamWConfig {
             lr: cfg.lr,
@@ -223,21 +220,9 @@ pub fn train(
                 &mut grads,
             )?;
         }
-        let mut g: Vec<&mut [f32]> = grads
-            .iter_mut()
-            .flat_map(|p| [&mut p.a[..], &mut p.b[..]])
-            .collect();
-        let grad_norm = clip_grad_norm(&mut g, cfg.max_grad_norm);
-        if !grad_norm.is_finite() {
-            bail!("step {step}: the gradient is not finite (loss {loss})");
-        }
         let lr = (cfg.lr * cfg.schedule.lr_factor(step, warmup, cfg.max_steps) as f64) as f32;
-        let g: Vec<&[f32]> = g.into_iter().map(|s| &*s).collect();
-        let mut params: Vec<&mut [f32]> = adapter
-            .iter_mut()
-            .flat_map(|p| [&mut p.a[..], &mut p.b[..]])
-            .collect();
-        opt.step(&mut params, &g, lr)?;
+        let grad_norm = update(&mut adapter, &mut grads, &mut opt, cfg.max_grad_norm, lr)
+            .with_context(|| format!("step {step} (loss {loss})"))?;
         let log = StepLog {
             stage: "sft",
             step,
@@ -262,6 +247,34 @@ pub fn train(
         steps,
         stopped_early: false,
     })
+}
+
+/// Every A and B of an adapter as flat slices, in a fixed order (optimizer parameters).
+pub fn param_slices(adapter: &mut Adapter) -> Vec<&mut [f32]> {
+    adapter
+        .iter_mut()
+        .flat_map(|p| [&mut p.a[..], &mut p.b[..]])
+        .collect()
+}
+
+/// One optimizer update of `adapter` from `grads` (shaped like it): clip the global
+/// gradient norm to `max_grad_norm`, then an AdamW step at `lr`. Returns the norm before
+/// clipping; a non-finite gradient is an error and leaves the adapter unchanged.
+pub fn update(
+    adapter: &mut Adapter,
+    grads: &mut Adapter,
+    opt: &mut AdamW,
+    max_grad_norm: f32,
+    lr: f32,
+) -> Result<f32> {
+    let mut g = param_slices(grads);
+    let norm = clip_grad_norm(&mut g, max_grad_norm);
+    if !norm.is_finite() {
+        bail!("the gradient is not finite");
+    }
+    let g: Vec<&[f32]> = g.into_iter().map(|s| &*s).collect();
+    opt.step(&mut param_slices(adapter), &g, lr)?;
+    Ok(norm)
 }
 
 /// Append one JSON line to `metrics.jsonl`-style logs.
