@@ -161,9 +161,8 @@ pub fn run(g: &Globals, a: TrainArgs) -> Result<()> {
             a.out.display()
         );
     }
-    if a.overwrite && a.out.exists() {
-        std::fs::remove_dir_all(&a.out)
-            .with_context(|| format!("cannot clear {}", a.out.display()))?;
+    if a.overwrite {
+        dir.clear()?;
     }
     let mut model = g.load_model(&a.model)?;
     let cfg = if a.resume && dir.config().exists() {

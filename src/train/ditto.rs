@@ -236,6 +236,52 @@ impl RunDir {
     fn policy_at(&self, step: usize) -> PathBuf {
         self.checkpoint().join(format!("policy-{step}"))
     }
+
+    /// Remove what a run writes (and nothing else that may be in the directory).
+    pub fn clear(&self) -> Result<()> {
+        for f in [self.config(), self.metrics(), self.summary()] {
+            if f.exists() {
+                std::fs::remove_file(&f)
+                    .with_context(|| format!("cannot remove {}", f.display()))?;
+            }
+        }
+        for d in [
+            self.sft(),
+            self.final_adapter(),
+            self.rounds(),
+            self.checkpoint(),
+        ] {
+            if d.exists() {
+                std::fs::remove_dir_all(&d)
+                    .with_context(|| format!("cannot remove {}", d.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop metrics lines written after the checkpoint a resumed run continues from.
+    fn trim_metrics(&self, state: &State) -> Result<()> {
+        let path = self.metrics();
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+                match v["stage"].as_str() {
+                    Some("ditto") => v["step"]
+                        .as_u64()
+                        .is_some_and(|s| (s as usize) < state.steps_done),
+                    Some("round") => v["round"]
+                        .as_u64()
+                        .is_some_and(|r| (r as usize) < state.rounds_done),
+                    _ => true,
+                }
+            })
+            .collect();
+        crate::atomic::write(&path, (kept.join("\n") + "\n").as_bytes())
+    }
 }
 
 /// Everything a run needs besides the model.
@@ -324,10 +370,13 @@ pub fn run(
     };
     let rounds_total = d.steps.div_ceil(d.round_every);
     let (mut policy, mut state) = match read_state(&dir)? {
-        Some(s) => (
-            Adapter::load(&dir.policy_at(s.steps_done), &model.config)?,
-            s,
-        ),
+        Some(s) => {
+            dir.trim_metrics(&s)?;
+            (
+                Adapter::load(&dir.policy_at(s.steps_done), &model.config)?,
+                s,
+            )
+        }
         None => {
             let sizes = sft_adapter.param_sizes();
             let opt = AdamW::new(

@@ -160,7 +160,26 @@ fn an_interrupted_run_resumes_to_the_same_final_adapter() {
         for stop in [1, 2, 3, 5] {
             let parts = tempfile::tempdir().unwrap();
             assert!(run(&mut m, &cfg, parts.path(), Some(stop)).is_none());
+            // A line written after the last checkpoint (a crash mid-step) is dropped.
+            let metrics_path = parts.path().join("metrics.jsonl");
+            let mut text = std::fs::read_to_string(&metrics_path).unwrap();
+            text.push_str("{\"stage\":\"ditto\",\"step\":99}\n");
+            std::fs::write(&metrics_path, text).unwrap();
             let b = run(&mut m, &cfg, parts.path(), None).unwrap();
+            let stages: Vec<String> = metrics(parts.path())
+                .iter()
+                .map(|v| v["stage"].as_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(
+                stages.iter().filter(|s| *s == "ditto").count(),
+                6,
+                "{mode:?} stop {stop}"
+            );
+            assert_eq!(
+                stages.iter().filter(|s| *s == "round").count(),
+                3,
+                "{mode:?} stop {stop}"
+            );
             assert!(
                 a.pairs == b.pairs,
                 "{mode:?}: resume after step {stop} differs"
