@@ -131,6 +131,9 @@ impl TrainConfig {
         {
             bail!("ditto: steps, round_every, samples_per_prompt and max_new_tokens must be ≥ 1");
         }
+        if d.upfront && d.mode == Mode::Spin {
+            bail!("ditto: upfront sampling is an ablation of DITTO mode, not of SPIN");
+        }
         if d.beta.is_nan() || d.beta <= 0.0 {
             bail!("ditto: beta must be positive, got {}", d.beta);
         }
@@ -424,11 +427,11 @@ pub fn run(
             return Ok(None);
         }
         let round = step / d.round_every;
+        if d.mode == Mode::Spin && step % d.round_every == 0 {
+            reference = policy.clone();
+            demo_ref = score(model, &reference, &demo_seqs)?;
+        }
         if step % d.round_every == 0 && round >= state.rounds_done && !(d.upfront && round > 0) {
-            if d.mode == Mode::Spin {
-                reference = policy.clone();
-                demo_ref = score(model, &reference, &demo_seqs)?;
-            }
             let per_prompt = if d.upfront {
                 d.samples_per_prompt * rounds_total
             } else {
@@ -462,9 +465,6 @@ pub fn run(
                 push_sample(&mut samples, &mut infos, demos, s);
             }
             state.rounds_done = round + 1;
-        } else if d.mode == Mode::Spin && step % d.round_every == 0 {
-            reference = policy.clone();
-            demo_ref = score(model, &reference, &demo_seqs)?;
         }
         let sample_round_of = if d.upfront { 0 } else { round };
         let cands = pairs::candidates(&infos, n_prompts, sample_round_of);

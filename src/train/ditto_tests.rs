@@ -189,3 +189,41 @@ fn an_interrupted_run_resumes_to_the_same_final_adapter() {
         }
     }
 }
+
+#[test]
+fn ablations_change_only_what_they_name() {
+    let mut m = tiny::model();
+    let mut cfg = config(Mode::Ditto);
+    cfg.ditto.upfront = true;
+    let dir = tempfile::tempdir().unwrap();
+    run(&mut m, &cfg, dir.path(), None).unwrap();
+    // All negatives up front: one round of M × 3 rounds samples per prompt, expert pairs only.
+    assert_eq!(rounds(dir.path(), 0).len(), 3 * 2 * 3);
+    assert!(!dir.path().join("rounds/round-1.jsonl").exists());
+    for v in metrics(dir.path()).iter().filter(|v| v["stage"] == "ditto") {
+        assert_eq!(
+            (v["pairs_replay"].as_u64(), v["pairs_inter_policy"].as_u64()),
+            (Some(0), Some(0))
+        );
+    }
+    let mut cfg = config(Mode::Ditto);
+    cfg.ditto.mix.replay = 0.0;
+    let dir = tempfile::tempdir().unwrap();
+    run(&mut m, &cfg, dir.path(), None).unwrap();
+    let last = metrics(dir.path())
+        .into_iter()
+        .filter(|v| v["stage"] == "ditto")
+        .last()
+        .unwrap();
+    assert_eq!(
+        (
+            last["pairs_expert"].as_u64(),
+            last["pairs_replay"].as_u64(),
+            last["pairs_inter_policy"].as_u64()
+        ),
+        (Some(4), Some(0), Some(1))
+    );
+    let mut bad = config(Mode::Spin);
+    bad.ditto.upfront = true;
+    assert!(bad.validate().is_err());
+}
