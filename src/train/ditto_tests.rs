@@ -212,8 +212,7 @@ fn ablations_change_only_what_they_name() {
     run(&mut m, &cfg, dir.path(), None).unwrap();
     let last = metrics(dir.path())
         .into_iter()
-        .filter(|v| v["stage"] == "ditto")
-        .last()
+        .rfind(|v| v["stage"] == "ditto")
         .unwrap();
     assert_eq!(
         (
