@@ -197,10 +197,18 @@ pub fn matmul_packed(x: &[f32], n: usize, w: &Packed, y: &mut [f32]) {
     }
     let out = SharedOut(y.as_mut_ptr());
     let panels = w.out_dim.div_ceil(LANES);
+    // About four tasks per thread, each a whole number of tiles of the width
+    // `panel_range` uses for this many rows (3, 6 or 8 panels).
+    let tile = if n >= 8 {
+        3
+    } else if n >= 4 {
+        6
+    } else {
+        8
+    };
     let per_task = panels
         .div_ceil(4 * rayon::current_num_threads())
-        .next_multiple_of(24)
-        .min(panels.next_multiple_of(24));
+        .next_multiple_of(tile);
     (0..panels.div_ceil(per_task))
         .into_par_iter()
         .for_each(|t| {
