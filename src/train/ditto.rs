@@ -319,15 +319,11 @@ struct Full {
 }
 
 fn score(model: &Model, adapter: &Adapter, seqs: &[(&[u32], usize)]) -> Result<Vec<f64>> {
-    let mut out = Vec::with_capacity(seqs.len());
-    for chunk in seqs.chunks(8) {
-        let ex: Vec<Example> = chunk
-            .iter()
-            .map(|&(ids, label_from)| Example { ids, label_from })
-            .collect();
-        out.extend(pass::logprobs(model, adapter, &ex)?.sums);
-    }
-    Ok(out)
+    let ex: Vec<Example> = seqs
+        .iter()
+        .map(|&(ids, label_from)| Example { ids, label_from })
+        .collect();
+    Ok(pass::logprobs_chunked(model, adapter, &ex)?.sums)
 }
 
 /// Run (or resume) SFT and the preference stage; returns the final adapter.

@@ -570,6 +570,20 @@ pub fn logprobs(model: &Model, adapter: &Adapter, batch: &[Example]) -> Result<L
     Ok(run(model, adapter, batch, None, false)?.0)
 }
 
+/// [`logprobs`] over any number of examples, a few at a time to bound memory.
+pub fn logprobs_chunked(model: &Model, adapter: &Adapter, batch: &[Example]) -> Result<LogProbs> {
+    let mut all = LogProbs {
+        sums: Vec::with_capacity(batch.len()),
+        counts: Vec::with_capacity(batch.len()),
+    };
+    for chunk in batch.chunks(8) {
+        let lp = logprobs(model, adapter, chunk)?;
+        all.sums.extend(lp.sums);
+        all.counts.extend(lp.counts);
+    }
+    Ok(all)
+}
+
 fn run(
     model: &Model,
     adapter: &Adapter,

@@ -132,21 +132,15 @@ pub fn encode_demos(model: &Model, demos: &Demos) -> Result<Vec<Encoded>> {
 
 /// Mean log-probability per label token of `seqs` under `adapter` (no gradients).
 pub fn mean_logprob(model: &Model, adapter: &Adapter, seqs: &[Encoded]) -> Result<f64> {
-    let mut sum = 0.0;
-    let mut count = 0;
-    for chunk in seqs.chunks(4) {
-        let ex: Vec<Example> = chunk
-            .iter()
-            .map(|e| Example {
-                ids: &e.ids,
-                label_from: e.label_from,
-            })
-            .collect();
-        let (lp, _) = pass::forward(model, adapter, &ex, None)?;
-        sum += lp.sums.iter().sum::<f64>();
-        count += lp.counts.iter().sum::<usize>();
-    }
-    Ok(sum / count.max(1) as f64)
+    let ex: Vec<Example> = seqs
+        .iter()
+        .map(|e| Example {
+            ids: &e.ids,
+            label_from: e.label_from,
+        })
+        .collect();
+    let lp = pass::logprobs_chunked(model, adapter, &ex)?;
+    Ok(lp.sums.iter().sum::<f64>() / lp.counts.iter().sum::<usize>().max(1) as f64)
 }
 
 /// Train an adapter on `seqs`. `on_step` sees every step (progress, logging).

@@ -164,18 +164,23 @@ fn tiny_setup() -> (crate::model::Model, Adapter) {
 /// `L = Σ wᵢ·sumsᵢ` over two ragged sequences, in f64.
 fn tiny_loss(m: &crate::model::Model, a: &Adapter, dropout: Option<pass::Dropout>) -> f64 {
     let (s1, s2) = tiny_seqs();
-    let batch = [
+    let batch = tiny_batch(&s1, &s2);
+    let (lp, _) = pass::forward(m, a, &batch, dropout).unwrap();
+    -0.7 * lp.sums[0] + 0.3 * lp.sums[1]
+}
+
+/// The two ragged sequences as a batch: labels from position 3 and from position 1.
+fn tiny_batch<'a>(s1: &'a [u32], s2: &'a [u32]) -> [Example<'a>; 2] {
+    [
         Example {
-            ids: &s1,
+            ids: s1,
             label_from: 3,
         },
         Example {
-            ids: &s2,
+            ids: s2,
             label_from: 1,
         },
-    ];
-    let (lp, _) = pass::forward(m, a, &batch, dropout).unwrap();
-    -0.7 * lp.sums[0] + 0.3 * lp.sums[1]
+    ]
 }
 
 fn tiny_seqs() -> (Vec<u32>, Vec<u32>) {
@@ -187,16 +192,7 @@ fn tiny_seqs() -> (Vec<u32>, Vec<u32>) {
 fn check_against_finite_differences(dropout: Option<pass::Dropout>) {
     let (m, a) = tiny_setup();
     let (s1, s2) = tiny_seqs();
-    let batch = [
-        Example {
-            ids: &s1,
-            label_from: 3,
-        },
-        Example {
-            ids: &s2,
-            label_from: 1,
-        },
-    ];
+    let batch = tiny_batch(&s1, &s2);
     let (_, tape) = pass::forward(&m, &a, &batch, dropout).unwrap();
     let mut grads = pass::zero_grads(&a);
     pass::backward(&m, &a, tape, &[-0.7, 0.3], &mut grads).unwrap();
@@ -331,16 +327,7 @@ fn saved_adapter_loads_back_identically() {
 fn accumulated_micro_batches_equal_one_batch() {
     let (m, a) = tiny_setup();
     let (s1, s2) = tiny_seqs();
-    let both = [
-        Example {
-            ids: &s1,
-            label_from: 3,
-        },
-        Example {
-            ids: &s2,
-            label_from: 1,
-        },
-    ];
+    let both = tiny_batch(&s1, &s2);
     let (_, tape) = pass::forward(&m, &a, &both, None).unwrap();
     let mut whole = pass::zero_grads(&a);
     pass::backward(&m, &a, tape, &[-0.5, 0.25], &mut whole).unwrap();
