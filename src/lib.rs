@@ -5,6 +5,7 @@
 pub mod atomic;
 pub mod cli;
 pub mod data;
+pub mod judge;
 pub mod kernels;
 pub mod model;
 pub mod sample;
