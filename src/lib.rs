@@ -3,6 +3,7 @@
 //! (model loading, tokenization, forward pass, generation) behind the `ditto` binary.
 
 pub mod atomic;
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod judge;

@@ -2,7 +2,7 @@
 
 use super::{AdapterArgs, Globals, ModelArgs, SamplingArgs};
 use crate::model::Model;
-use crate::sample::{self, FinishReason, GenerateOptions, Sample, SamplingParams};
+use crate::sample::{self, GenerateOptions, Sample, SamplingParams};
 use crate::tokenize::Message;
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -55,11 +55,7 @@ pub fn messages(system: Option<&str>, prior: &[Message], user: &str) -> Vec<Mess
 
 /// The text of a sample without its trailing stop token.
 pub fn sample_text(model: &Model, s: &Sample) -> Result<String> {
-    let ids = match s.finish {
-        FinishReason::Stop => &s.ids[..s.ids.len() - 1],
-        FinishReason::Length => &s.ids[..],
-    };
-    model.tokenizer.decode(ids)
+    model.tokenizer.decode(s.reply_ids())
 }
 
 /// Generate one reply, printing its text to stdout as it is produced.

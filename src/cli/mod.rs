@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing, shared options and the commands.
 
+mod bench;
 mod chat;
 mod generate;
 mod perf;
@@ -46,6 +47,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Mean log-prob per response token of demonstrations under the base model and adapters.
     Score(score::ScoreArgs),
+    /// Compare methods (zero-shot … DITTO) on an author set with a judge: the paper's Table 1.
+    Bench(bench::BenchArgs),
 }
 
 /// Which model to load.
@@ -166,5 +169,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sft(a) => sft::run(&ctx, a),
         Command::Train(a) => train::run(&ctx, a),
         Command::Score(a) => score::run(&ctx, a),
+        Command::Bench(a) => bench::run(&ctx, a),
     })
 }

@@ -8,7 +8,7 @@ use crate::data::read_demos;
 use crate::model::Model;
 use crate::model::lora::Adapter;
 use crate::sample::{self, GenerateOptions, SamplingParams};
-use crate::train::ditto::{self, Event, RunDir, RunInput, TrainConfig};
+use crate::train::ditto::{self, Event, RunDir, RunInput, TrainConfig, Variant};
 use crate::train::format::prompt_messages;
 use crate::train::sft;
 use anyhow::{Context, Result, bail};
@@ -27,15 +27,8 @@ pub struct TrainArgs {
     /// Run directory.
     #[arg(long)]
     out: PathBuf,
-    /// TOML file with [sft] and [ditto] tables (on top of the preset).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// paper or cpu (default: cpu for models under 1B parameters, else paper).
-    #[arg(long)]
-    preset: Option<String>,
-    /// Override any config value, e.g. --set ditto.lr=1e-4 --set sft.max_steps=10.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    set: Vec<String>,
+    #[command(flatten)]
+    config: ConfigArgs,
     /// ditto or spin.
     #[arg(long)]
     mode: Option<String>,
@@ -57,6 +50,20 @@ pub struct TrainArgs {
     /// After training, print the base and the personalized reply to this prompt.
     #[arg(long)]
     compare: Vec<String>,
+}
+
+/// Where a run's settings come from: a preset, a TOML file on top, `--set` on top.
+#[derive(Args, Clone, Debug)]
+pub struct ConfigArgs {
+    /// TOML file with [sft] and [ditto] tables (on top of the preset).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// paper or cpu (default: cpu for models under 1B parameters, else paper).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Override any config value, e.g. --set ditto.lr=1e-4 --set sft.max_steps=10.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
 /// Apply `key=value` overrides to the config through its TOML form.
@@ -98,47 +105,56 @@ fn apply_overrides(cfg: &TrainConfig, sets: &[String]) -> Result<TrainConfig> {
         .map_err(|e| anyhow::anyhow!("invalid --set value: {e}"))
 }
 
-fn resolve_config(a: &TrainArgs, model: &Model) -> Result<TrainConfig> {
-    let params = model.config.layers * 12 * model.config.hidden * model.config.hidden;
-    let preset = a.preset.clone().unwrap_or_else(|| {
-        if params < 1_000_000_000 {
-            "cpu"
-        } else {
-            "paper"
-        }
-        .to_owned()
-    });
-    let mut cfg = TrainConfig::preset(&preset)?;
-    if let Some(path) = &a.config {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let mut doc: toml::Table = toml::from_str(&toml::to_string(&cfg)?)?;
-        let user: toml::Table =
-            toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
-        for (k, v) in user {
-            match (doc.get_mut(&k).and_then(|t| t.as_table_mut()), v) {
-                (Some(t), toml::Value::Table(u)) => t.extend(u),
-                _ => bail!("{}: unknown table [{k}] (sft, ditto)", path.display()),
+impl ConfigArgs {
+    /// The preset (chosen by model size unless named), the TOML file, then `--set`.
+    pub fn resolve(&self, model: &Model) -> Result<TrainConfig> {
+        let params = model.config.layers * 12 * model.config.hidden * model.config.hidden;
+        let preset = self.preset.clone().unwrap_or_else(|| {
+            if params < 1_000_000_000 {
+                "cpu"
+            } else {
+                "paper"
             }
+            .to_owned()
+        });
+        let mut cfg = TrainConfig::preset(&preset)?;
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let mut doc: toml::Table = toml::from_str(&toml::to_string(&cfg)?)?;
+            let user: toml::Table = toml::from_str(&text)
+                .with_context(|| format!("{}: invalid TOML", path.display()))?;
+            for (k, v) in user {
+                match (doc.get_mut(&k).and_then(|t| t.as_table_mut()), v) {
+                    (Some(t), toml::Value::Table(u)) => t.extend(u),
+                    _ => bail!("{}: unknown table [{k}] (sft, ditto)", path.display()),
+                }
+            }
+            cfg = toml::Value::Table(doc)
+                .try_into()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         }
-        cfg = toml::Value::Table(doc)
-            .try_into()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let cfg = apply_overrides(&cfg, &self.set)?;
+        cfg.validate()?;
+        Ok(cfg)
     }
-    let mut sets = a.set.clone();
+}
+
+fn resolve_config(a: &TrainArgs, model: &Model) -> Result<TrainConfig> {
+    let mut cfg = a.config.resolve(model)?;
     if let Some(m) = &a.mode {
-        sets.push(format!("ditto.mode=\"{m}\""));
+        cfg = apply_overrides(&cfg, &[format!("ditto.mode=\"{m}\"")])?;
     }
-    if a.no_replay {
-        sets.push("ditto.mix.replay=0.0".into());
+    let ablations = [
+        (a.no_replay, Variant::NoReplay),
+        (a.no_inter_policy, Variant::NoInterPolicy),
+        (a.upfront, Variant::Upfront),
+    ];
+    for (on, v) in ablations {
+        if on {
+            v.apply(&mut cfg.ditto);
+        }
     }
-    if a.no_inter_policy {
-        sets.push("ditto.mix.inter_policy=0.0".into());
-    }
-    if a.upfront {
-        sets.push("ditto.upfront=true".into());
-    }
-    let cfg = apply_overrides(&cfg, &sets)?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -262,16 +278,12 @@ fn compare(model: &mut Model, policy: &Adapter, prompts: &[String]) -> Result<()
         ..SamplingParams::default()
     };
     let before = sample::generate(model, &ids, &params, GenerateOptions::default())?;
-    let merged = policy.merged(&model.weights);
-    let base = std::mem::replace(&mut model.weights, merged);
-    let after = sample::generate(model, &ids, &params, GenerateOptions::default());
-    let after = after.and_then(|s| {
-        s.iter()
-            .map(|x| sample_text(model, x))
+    let after = model.with_merged(policy, |m| {
+        sample::generate(m, &ids, &params, GenerateOptions::default())?
+            .iter()
+            .map(|x| sample_text(m, x))
             .collect::<Result<Vec<_>>>()
-    });
-    model.weights = base;
-    let after = after?;
+    })?;
     for ((p, b), a) in prompts.iter().zip(&before).zip(&after) {
         println!(
             "\n=== prompt: {p}\n--- base model:\n{}\n--- personalized:\n{a}",

@@ -81,6 +81,15 @@ impl Model {
         }
     }
 
+    /// Run `f` with `adapter` merged into the weights (fast sampling), then restore them.
+    pub fn with_merged<T>(&mut self, adapter: &lora::Adapter, f: impl FnOnce(&Model) -> T) -> T {
+        let merged = adapter.merged(&self.weights);
+        let base = std::mem::replace(&mut self.weights, merged);
+        let out = f(self);
+        self.weights = base;
+        out
+    }
+
     /// Longest sequence (prompt + reply) the model can process.
     pub fn context_len(&self) -> usize {
         self.rope.max_positions()

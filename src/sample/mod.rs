@@ -59,6 +59,16 @@ pub struct Sample {
     pub finish: FinishReason,
 }
 
+impl Sample {
+    /// The new ids without the trailing stop token.
+    pub fn reply_ids(&self) -> &[u32] {
+        match self.finish {
+            FinishReason::Stop => &self.ids[..self.ids.len() - 1],
+            FinishReason::Length => &self.ids[..],
+        }
+    }
+}
+
 /// Seed of sample `j` of prompt `i`: independent of batching, so a prompt sampled
 /// alone or in a batch gives the same tokens.
 pub fn sample_seed(seed: u64, prompt_index: usize, sample_index: usize) -> u64 {

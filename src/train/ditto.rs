@@ -31,6 +31,32 @@ pub enum Mode {
     Spin,
 }
 
+/// The preference-stage methods the paper compares: DITTO, SPIN and DITTO's ablations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    Ditto,
+    Spin,
+    /// No replay pairs (earlier rounds' samples as rejected).
+    NoReplay,
+    /// No inter-policy pairs (later samples preferred over earlier ones).
+    NoInterPolicy,
+    /// Every round's negatives sampled once, before the first step.
+    Upfront,
+}
+
+impl Variant {
+    /// Turn `d` into this variant's settings.
+    pub fn apply(self, d: &mut DittoConfig) {
+        match self {
+            Variant::Ditto => d.mode = Mode::Ditto,
+            Variant::Spin => d.mode = Mode::Spin,
+            Variant::NoReplay => d.mix.replay = 0.0,
+            Variant::NoInterPolicy => d.mix.inter_policy = 0.0,
+            Variant::Upfront => d.upfront = true,
+        }
+    }
+}
+
 /// Settings of the preference stage.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -524,8 +550,6 @@ fn sample_round(
         .iter()
         .map(|e| e.ids[..e.label_from].to_vec())
         .collect();
-    let merged = policy.merged(&model.weights);
-    let base = std::mem::replace(&mut model.weights, merged);
     let params = SamplingParams {
         temperature: d.temperature,
         top_k: 0,
@@ -539,9 +563,7 @@ fn sample_round(
         max_batch: 16,
         ..GenerateOptions::default()
     };
-    let out = sample::generate(model, &prompts, &params, opts);
-    model.weights = base;
-    let out = out?;
+    let out = model.with_merged(policy, |m| sample::generate(m, &prompts, &params, opts))?;
     let fulls: Vec<(Vec<u32>, usize)> = out
         .iter()
         .map(|s| {
@@ -555,15 +577,11 @@ fn sample_round(
     out.into_iter()
         .zip(refs)
         .map(|(s, ref_logp)| {
-            let ids_text = match s.finish {
-                FinishReason::Stop => &s.ids[..s.ids.len() - 1],
-                FinishReason::Length => &s.ids[..],
-            };
             Ok(RoundSample {
                 round,
                 prompt: s.prompt_index,
                 sample_index: s.sample_index,
-                text: model.tokenizer.decode(ids_text)?,
+                text: model.tokenizer.decode(s.reply_ids())?,
                 ids: s.ids,
                 finish_reason: s.finish,
                 ref_logp,

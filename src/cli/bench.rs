@@ -1,0 +1,181 @@
+//! `ditto bench`: train, sample and judge methods on an author set (the paper's Table 1).
+
+use super::train::ConfigArgs;
+use super::{Globals, ModelArgs};
+use crate::bench::Method;
+use crate::bench::dataset::Dataset;
+use crate::bench::report::{self, AuthorReport};
+use crate::bench::run::{self, Runner, Settings};
+use crate::judge::Judge;
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum JudgeKind {
+    /// Character n-gram TF-IDF authorship classifier (offline, deterministic).
+    Style,
+    /// Train and sample only; judge later.
+    None,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Author set: a folder with train.jsonl, val.jsonl and test.jsonl.
+    #[arg(long)]
+    data: PathBuf,
+    /// Author ids, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    authors: Vec<String>,
+    /// Methods, comma-separated: zero-shot, few-shot, sft, spin, ditto, ditto-no-replay,
+    /// ditto-no-interpolicy, ditto-upfront.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "zero-shot,few-shot,sft,spin,ditto"
+    )]
+    methods: Vec<String>,
+    #[arg(long, value_enum, default_value_t = JudgeKind::Style)]
+    judge: JudgeKind,
+    /// Demonstrations per author: the first training texts.
+    #[arg(long, default_value_t = 7)]
+    demos: usize,
+    /// Cut each demonstration to its first N words (shorter sequences train faster).
+    #[arg(long)]
+    max_demo_words: Option<usize>,
+    /// Outputs per method and test prompt.
+    #[arg(short = 'k', long, default_value_t = 3)]
+    samples: usize,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 512)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Output directory: cached per-author results and the report.
+    #[arg(long)]
+    out: PathBuf,
+    /// Subfolder of --out for this report (results.md/json, winrates.svg, judgments.jsonl).
+    #[arg(long, default_value = "report")]
+    report: String,
+}
+
+fn make_judge(
+    kind: JudgeKind,
+    ds: &Dataset,
+) -> Result<Option<(Box<dyn Judge>, serde_json::Value)>> {
+    match kind {
+        JudgeKind::None => Ok(None),
+        JudgeKind::Style => {
+            let _ = ds;
+            bail!("style judge not wired yet")
+        }
+    }
+}
+
+pub fn run(g: &Globals, a: BenchArgs) -> Result<()> {
+    let methods = a
+        .methods
+        .iter()
+        .map(|m| Method::parse(m))
+        .collect::<Result<Vec<_>>>()?;
+    if methods.len() < 2 && a.judge != JudgeKind::None {
+        bail!("--methods: judging needs at least two methods");
+    }
+    if a.samples == 0 || a.demos == 0 {
+        bail!("--samples and --demos must be at least 1");
+    }
+    let ds = Dataset::read(&a.data)?;
+    let splits = a
+        .authors
+        .iter()
+        .map(|id| ds.author(id, a.demos))
+        .collect::<Result<Vec<_>>>()?;
+    let judge = make_judge(a.judge, &ds)?;
+    let mut model = g.load_model(&a.model)?;
+    let settings = Settings {
+        data: a.data.display().to_string(),
+        model: model.source.display().to_string(),
+        demos: a.demos,
+        max_demo_words: a.max_demo_words,
+        samples: a.samples,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        max_new_tokens: a.max_new_tokens,
+        seed: a.seed,
+        config: a.config.resolve(&model)?,
+    };
+    settings.stamp(&a.out)?;
+    let bar = ProgressBar::new((splits.len() * methods.len()) as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "bench [{bar:30}] {pos}/{len} methods done, {elapsed} ({eta} left) {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let base_model = model
+        .source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut runner = Runner {
+        model: &mut model,
+        settings: &settings,
+        out: &a.out,
+        bar: &bar,
+        base_model,
+    };
+    let mut all = Vec::new();
+    for split in &splits {
+        all.push(runner.author(split, &methods)?);
+    }
+    bar.finish_with_message("trained and sampled");
+    let Some((judge, judge_info)) = judge else {
+        eprintln!(
+            "ditto bench: results in {}; no judge asked for",
+            a.out.display()
+        );
+        return Ok(());
+    };
+    let dir = a.out.join(&a.report);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut lines = Vec::new();
+    let mut authors = Vec::new();
+    for (split, results) in splits.iter().zip(all) {
+        let tally = run::judge_author(judge.as_ref(), split, &results, |l| {
+            lines.push(serde_json::to_string(l)?);
+            Ok(())
+        })?;
+        authors.push(AuthorReport {
+            author: split.author.clone(),
+            tally,
+            results,
+        });
+    }
+    crate::atomic::write(
+        &dir.join("judgments.jsonl"),
+        (lines.join("\n") + "\n").as_bytes(),
+    )?;
+    let names: Vec<&str> = methods.iter().map(|m| m.name()).collect();
+    let title = format!(
+        "{} — {} authors",
+        a.data
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        splits.len()
+    );
+    let rep = report::build(&title, &names, &authors, judge_info);
+    rep.write(&dir)?;
+    println!("{}", rep.markdown);
+    eprintln!("ditto bench: report in {}", dir.display());
+    Ok(())
+}
