@@ -79,9 +79,10 @@ impl Dataset {
         labelled(&self.test)
     }
 
-    /// The demonstrations (first `n` training texts), test prompts and reference text
-    /// of `author`.
-    pub fn author(&self, author: &str, n: usize) -> Result<AuthorSplit> {
+    /// The demonstrations (first `n` training texts), held-out prompts and reference
+    /// text of `author`. The held-out prompts are the test items, or the validation
+    /// items when tuning (`tune`); the reference is then never a validation text.
+    pub fn author(&self, author: &str, n: usize, tune: bool) -> Result<AuthorSplit> {
         let of = |items: &[Item]| -> Vec<Item> {
             items
                 .iter()
@@ -93,7 +94,11 @@ impl Dataset {
             .into_iter()
             .filter(|i| i.demonstration.is_some())
             .collect();
-        let test = of(&self.test);
+        let (held_out, split) = if tune {
+            (of(&self.val), "val")
+        } else {
+            (of(&self.test), "test")
+        };
         if train.len() < n {
             bail!(
                 "{}: author {author:?} has {} training texts; {n} demonstrations were asked for",
@@ -101,26 +106,28 @@ impl Dataset {
                 train.len()
             );
         }
-        if test.is_empty() {
+        if held_out.is_empty() {
             bail!(
-                "{}: author {author:?} has no test prompts",
-                self.dir.join("test.jsonl").display()
+                "{}: author {author:?} has no prompts",
+                self.dir.join(format!("{split}.jsonl")).display()
             );
         }
-        let reference = of(&self.val)
+        let val = if tune { Vec::new() } else { of(&self.val) };
+        let reference = val
             .into_iter()
             .chain(train[n..].iter().cloned())
             .find_map(|i| i.demonstration)
             .with_context(|| {
                 format!(
-                    "{}: author {author:?} has no validation text (nor a spare training text) to show judges",
+                    "{}: author {author:?} has no held-out text to show judges \
+                     (a validation text, or a training text beyond the demonstrations)",
                     self.dir.display()
                 )
             })?;
         Ok(AuthorSplit {
             author: author.to_owned(),
             demos: train[..n].to_vec(),
-            test,
+            test: held_out,
             reference,
         })
     }
@@ -168,17 +175,21 @@ mod tests {
             ],
         );
         let ds = Dataset::read(d.path()).unwrap();
-        let a = ds.author("0", 2).unwrap();
+        let a = ds.author("0", 2, false).unwrap();
         let demos: Vec<&str> = a.demos.iter().map(|i| i.prompt.as_str()).collect();
         assert_eq!(demos, ["p1", "p2"]);
         assert_eq!(a.test.len(), 1);
         // No validation text for author 0: the first training text after the demos.
         assert_eq!(a.reference, "t3");
-        assert_eq!(ds.author("1", 1).unwrap().reference, "u2");
+        assert_eq!(ds.author("1", 1, false).unwrap().reference, "u2");
+        // Tuning: validation prompts are held out, so the reference is a training text.
+        let tuned = ds.author("1", 0, true).unwrap();
+        assert_eq!((tuned.test[0].prompt.as_str(), tuned.reference.as_str()), ("q2", "u1"));
+        assert!(ds.author("0", 1, true).is_err());
         assert_eq!(ds.test_texts(), [("1".to_owned(), "u9".to_owned())]);
-        let err = ds.author("0", 4).unwrap_err().to_string();
+        let err = ds.author("0", 4, false).unwrap_err().to_string();
         assert!(err.contains("has 3 training texts; 4"), "{err}");
-        assert!(ds.author("7", 1).is_err());
+        assert!(ds.author("7", 1, false).is_err());
     }
 
     #[test]

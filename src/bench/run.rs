@@ -31,6 +31,8 @@ use std::time::Instant;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     pub data: String,
+    /// Validation prompts held out instead of test prompts.
+    pub tune: bool,
     pub model: String,
     /// Demonstrations per author (the first training texts).
     pub demos: usize,

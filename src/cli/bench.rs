@@ -40,6 +40,9 @@ pub struct BenchArgs {
     methods: Vec<String>,
     #[arg(long, value_enum, default_value_t = JudgeKind::Style)]
     judge: JudgeKind,
+    /// Hold out the validation prompts instead of the test prompts (for tuning).
+    #[arg(long)]
+    tune: bool,
     /// Demonstrations per author: the first training texts.
     #[arg(long, default_value_t = 7)]
     demos: usize,
@@ -96,12 +99,13 @@ pub fn run(g: &Globals, a: BenchArgs) -> Result<()> {
     let splits = a
         .authors
         .iter()
-        .map(|id| ds.author(id, a.demos))
+        .map(|id| ds.author(id, a.demos, a.tune))
         .collect::<Result<Vec<_>>>()?;
     let judge = make_judge(a.judge, &ds)?;
     let mut model = g.load_model(&a.model)?;
     let settings = Settings {
         data: a.data.display().to_string(),
+        tune: a.tune,
         model: model.source.display().to_string(),
         demos: a.demos,
         max_demo_words: a.max_demo_words,
