@@ -4,6 +4,7 @@ mod chat;
 mod generate;
 mod perf;
 mod score;
+mod serve;
 mod sft;
 mod train;
 
@@ -46,6 +47,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Mean log-prob per response token of demonstrations under the base model and adapters.
     Score(score::ScoreArgs),
+    /// Serve the model and adapters over an OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
 }
 
 /// Which model to load.
@@ -166,5 +169,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sft(a) => sft::run(&ctx, a),
         Command::Train(a) => train::run(&ctx, a),
         Command::Score(a) => score::run(&ctx, a),
+        Command::Serve(a) => serve::run(&ctx, a),
     })
 }
