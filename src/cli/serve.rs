@@ -71,6 +71,15 @@ impl ApiError {
         }
     }
 
+    fn not_found(code: Option<&'static str>, message: String) -> ApiError {
+        ApiError {
+            status: 404,
+            kind: "invalid_request_error",
+            code,
+            message,
+        }
+    }
+
     fn body(&self) -> Value {
         json!({"error": {
             "message": self.message,
@@ -101,8 +110,7 @@ struct ChatRequest {
     max_tokens: Option<usize>,
     seed: Option<u64>,
     stop: Option<Stop>,
-    #[serde(default)]
-    stream: bool,
+    stream: Option<bool>,
 }
 
 /// The loaded model and the merged weights of every adapter.
@@ -141,12 +149,10 @@ impl Server {
         match (method, path) {
             (Get, "/v1/models") => Ok(self.list_models()),
             (Post, "/v1/chat/completions") => self.chat(body),
-            _ => Err(ApiError {
-                status: 404,
-                kind: "invalid_request_error",
-                code: None,
-                message: format!("no route for {method} {path}"),
-            }),
+            _ => Err(ApiError::not_found(
+                None,
+                format!("no route for {method} {path}"),
+            )),
         }
     }
 
@@ -162,17 +168,14 @@ impl Server {
     fn chat(&mut self, body: &str) -> Result<Value, ApiError> {
         let req: ChatRequest = serde_json::from_str(body)
             .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
-        if req.stream {
+        if req.stream == Some(true) {
             return Err(ApiError::bad_request("streaming is not supported"));
         }
-        let name = req.model.clone();
         let default_max = self.default_max_tokens;
-        self.with_model(&name, |model| complete(model, &req, default_max))
-            .ok_or_else(|| ApiError {
-                status: 404,
-                kind: "invalid_request_error",
-                code: Some("model_not_found"),
-                message: format!("the model {name:?} does not exist"),
+        self.with_model(&req.model, |model| complete(model, &req, default_max))
+            .ok_or_else(|| {
+                let message = format!("the model {:?} does not exist", req.model);
+                ApiError::not_found(Some("model_not_found"), message)
             })?
             .map(|mut reply| {
                 self.completions += 1;
@@ -181,7 +184,7 @@ impl Server {
                     std::process::id(),
                     self.completions
                 ));
-                reply["model"] = json!(name);
+                reply["model"] = json!(req.model);
                 reply
             })
     }
