@@ -5,6 +5,7 @@ mod chat;
 mod generate;
 mod perf;
 mod score;
+mod serve;
 mod sft;
 mod train;
 
@@ -49,6 +50,8 @@ enum Command {
     Score(score::ScoreArgs),
     /// Compare methods (zero-shot … DITTO) on an author set with a judge: the paper's Table 1.
     Bench(bench::BenchArgs),
+    /// Serve the model and adapters over an OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
 }
 
 /// Which model to load.
@@ -170,5 +173,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::run(&ctx, a),
         Command::Score(a) => score::run(&ctx, a),
         Command::Bench(a) => bench::run(&ctx, a),
+        Command::Serve(a) => serve::run(&ctx, a),
     })
 }

@@ -1,6 +1,8 @@
 //! Judges answer "which of A and B did this author write?" for two outputs to the same
 //! prompt. `ditto bench` runs every pair of methods through one of them.
 
+pub mod llm;
+
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
