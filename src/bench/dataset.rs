@@ -184,7 +184,10 @@ mod tests {
         assert_eq!(ds.author("1", 1, false).unwrap().reference, "u2");
         // Tuning: validation prompts are held out, so the reference is a training text.
         let tuned = ds.author("1", 0, true).unwrap();
-        assert_eq!((tuned.test[0].prompt.as_str(), tuned.reference.as_str()), ("q2", "u1"));
+        assert_eq!(
+            (tuned.test[0].prompt.as_str(), tuned.reference.as_str()),
+            ("q2", "u1")
+        );
         assert!(ds.author("0", 1, true).is_err());
         assert_eq!(ds.test_texts(), [("1".to_owned(), "u9".to_owned())]);
         let err = ds.author("0", 4, false).unwrap_err().to_string();

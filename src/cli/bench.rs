@@ -7,6 +7,7 @@ use crate::bench::dataset::Dataset;
 use crate::bench::report::{self, AuthorReport};
 use crate::bench::run::{self, Runner, Settings};
 use crate::judge::Judge;
+use crate::judge::llm::{LlmJudge, LlmOptions};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -16,6 +17,8 @@ use std::path::PathBuf;
 pub enum JudgeKind {
     /// Character n-gram TF-IDF authorship classifier (offline, deterministic).
     Style,
+    /// An OpenAI-compatible chat endpoint asked which output the author wrote (both orders).
+    Llm,
     /// Train and sample only; judge later.
     None,
 }
@@ -40,6 +43,15 @@ pub struct BenchArgs {
     methods: Vec<String>,
     #[arg(long, value_enum, default_value_t = JudgeKind::Style)]
     judge: JudgeKind,
+    /// llm judge: base URL of the API (up to and including /v1).
+    #[arg(long, default_value = "http://127.0.0.1:8080/v1")]
+    judge_url: String,
+    /// llm judge: the model name sent with each request.
+    #[arg(long, default_value = "base")]
+    judge_model: String,
+    /// llm judge: environment variable holding the API key.
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    judge_key_env: String,
     /// Hold out the validation prompts instead of the test prompts (for tuning).
     #[arg(long)]
     tune: bool,
@@ -70,12 +82,22 @@ pub struct BenchArgs {
     report: String,
 }
 
-fn make_judge(
-    kind: JudgeKind,
-    ds: &Dataset,
-) -> Result<Option<(Box<dyn Judge>, serde_json::Value)>> {
-    match kind {
+/// The judge asked for and what the report says about its set-up.
+fn make_judge(a: &BenchArgs, ds: &Dataset) -> Result<Option<(Box<dyn Judge>, serde_json::Value)>> {
+    match a.judge {
         JudgeKind::None => Ok(None),
+        JudgeKind::Llm => {
+            let opts = LlmOptions {
+                endpoint: a.judge_url.clone(),
+                model: a.judge_model.clone(),
+                api_key_env: a.judge_key_env.clone(),
+                cache_dir: Some(a.out.join("llm-cache")),
+                ..LlmOptions::default()
+            };
+            let info =
+                serde_json::json!({"name": "llm", "endpoint": opts.endpoint, "model": opts.model});
+            Ok(Some((Box::new(LlmJudge::new(opts)?), info)))
+        }
         JudgeKind::Style => {
             let _ = ds;
             bail!("style judge not wired yet")
@@ -101,7 +123,7 @@ pub fn run(g: &Globals, a: BenchArgs) -> Result<()> {
         .iter()
         .map(|id| ds.author(id, a.demos, a.tune))
         .collect::<Result<Vec<_>>>()?;
-    let judge = make_judge(a.judge, &ds)?;
+    let judge = make_judge(&a, &ds)?;
     let mut model = g.load_model(&a.model)?;
     let settings = Settings {
         data: a.data.display().to_string(),
@@ -142,7 +164,7 @@ pub fn run(g: &Globals, a: BenchArgs) -> Result<()> {
         all.push(runner.author(split, &methods)?);
     }
     bar.finish_with_message("trained and sampled");
-    let Some((judge, judge_info)) = judge else {
+    let Some((judge, mut judge_info)) = judge else {
         eprintln!(
             "ditto bench: results in {}; no judge asked for",
             a.out.display()
@@ -168,6 +190,7 @@ pub fn run(g: &Globals, a: BenchArgs) -> Result<()> {
         &dir.join("judgments.jsonl"),
         (lines.join("\n") + "\n").as_bytes(),
     )?;
+    judge_info["stats"] = judge.stats();
     let names: Vec<&str> = methods.iter().map(|m| m.name()).collect();
     let title = format!(
         "{} — {} authors",

@@ -238,6 +238,10 @@ impl Judge for LlmJudge {
         "llm"
     }
 
+    fn stats(&self) -> serde_json::Value {
+        serde_json::to_value(LlmJudge::stats(self)).unwrap_or_default()
+    }
+
     fn judge(&self, case: &Case) -> Result<Judgment> {
         let mut votes = [Verdict::Tie; 2];
         let mut raw = Vec::with_capacity(2);

@@ -66,6 +66,10 @@ pub trait Judge: Sync {
     /// Short name (`style`, `llm`), used in file names and reports.
     fn name(&self) -> &str;
     fn judge(&self, case: &Case) -> Result<Judgment>;
+    /// What the judge counted so far (requests, malformed answers …), for the report.
+    fn stats(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 #[cfg(test)]
