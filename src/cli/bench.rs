@@ -8,6 +8,7 @@ use crate::bench::report::{self, AuthorReport};
 use crate::bench::run::{self, Runner, Settings};
 use crate::judge::Judge;
 use crate::judge::llm::{LlmJudge, LlmOptions};
+use crate::judge::style::{StyleJudge, StyleModel, StyleOptions};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -99,8 +100,19 @@ fn make_judge(a: &BenchArgs, ds: &Dataset) -> Result<Option<(Box<dyn Judge>, ser
             Ok(Some((Box::new(LlmJudge::new(opts)?), info)))
         }
         JudgeKind::Style => {
-            let _ = ds;
-            bail!("style judge not wired yet")
+            let t0 = std::time::Instant::now();
+            let model = StyleModel::fit(&ds.train_texts(), &StyleOptions::default())?;
+            let test = ds.test_texts();
+            let info = serde_json::json!({
+                "name": "style",
+                "authors": model.authors().len(),
+                "attribution_accuracy_on_test_texts": model.accuracy(&test),
+                "test_texts": test.len(),
+                "chance": 1.0 / model.authors().len() as f64,
+                "fit_seconds": t0.elapsed().as_secs_f64(),
+            });
+            eprintln!("ditto bench: style judge {info}");
+            Ok(Some((Box::new(StyleJudge { model }), info)))
         }
     }
 }

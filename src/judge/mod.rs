@@ -2,6 +2,7 @@
 //! prompt. `ditto bench` runs every pair of methods through one of them.
 
 pub mod llm;
+pub mod style;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
