@@ -416,21 +416,22 @@ pub fn judge_author(
             .collect();
         let k = outputs.iter().map(Vec::len).min().unwrap_or(0);
         for s in 0..k {
+            let row: Vec<&Output> = outputs.iter().map(|o| o[s]).collect();
             for i in 0..results.len() {
                 for j in i + 1..results.len() {
                     let case = Case {
                         author: &split.author,
                         prompt: &item.prompt,
                         reference: &split.reference,
-                        a: &outputs[i][s].text,
-                        b: &outputs[j][s].text,
+                        a: &row[i].text,
+                        b: &row[j].text,
                     };
                     let judgment = judge.judge(&case)?;
                     tally.add(i, j, judgment.verdict);
                     sink(&JudgmentLine {
                         author: &split.author,
                         prompt_index: pi,
-                        sample_index: outputs[i][s].sample_index,
+                        sample_index: row[i].sample_index,
                         method_a: &results[i].method,
                         method_b: &results[j].method,
                         judgment,
