@@ -4,7 +4,7 @@
 //! pair of methods.
 //!
 //! Layout: `settings.json`, `log.jsonl`, and per author `authors/<id>/` with
-//! `demos.jsonl`, the shared SFT adapter `sft/` (+ `sft.json`, `sft-metrics.jsonl`),
+//! `demos.jsonl`, the shared SFT adapter `sft/` (+ `sft-train.json`, `sft-metrics.jsonl`),
 //! one `ditto train` run directory per preference method under `runs/`, and one
 //! `<method>.json` result per method.
 
@@ -25,6 +25,10 @@ use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// The shared SFT stage's summary (seconds, steps) in an author's directory; it must
+/// not be any method's `<method>.json`.
+const SFT_SUMMARY: &str = "sft-train.json";
 
 /// Everything that decides a result; stored in `settings.json` so a rerun with other
 /// settings cannot mix results.
@@ -292,7 +296,7 @@ impl Runner<'_> {
     /// the seconds its training took.
     fn sft(&mut self, p: &Prepared) -> Result<(Adapter, f64)> {
         let dir = p.dir.join("sft");
-        let info = p.dir.join("sft.json");
+        let info = p.dir.join(SFT_SUMMARY);
         if dir.join(WEIGHTS_FILE).exists() && info.exists() {
             let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&info)?)?;
             let seconds = v["seconds"].as_f64().unwrap_or(0.0);
@@ -448,6 +452,15 @@ mod tests {
     use super::*;
     use crate::bench::dataset::Item;
     use crate::judge::Verdict;
+
+    #[test]
+    fn sft_summary_is_not_a_method_result() {
+        // It once was `sft.json`, which the `sft` method's result then overwrote, so the
+        // preference methods' training time lost the SFT time.
+        for m in crate::bench::Method::ALL {
+            assert_ne!(format!("{}.json", m.name()), SFT_SUMMARY);
+        }
+    }
 
     #[test]
     fn first_words_cuts_at_word_boundaries() {
