@@ -106,7 +106,7 @@ pub fn build(title: &str, methods: &[&str], authors: &[AuthorReport], judge: Val
     let _ = writeln!(md, "# {title}\n");
     let _ = writeln!(
         md,
-        "Average head-to-head win rate (%) per author, judge `{}`; a tie counts half.\n",
+        "Average head-to-head win rate (%) per author, judge `{}`; a tie counts half.\n\nJudge: `{judge}`\n",
         judge["name"].as_str().unwrap_or("?")
     );
     let header: String = authors.iter().map(|a| format!(" {} |", a.author)).collect();
