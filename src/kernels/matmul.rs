@@ -191,12 +191,25 @@ dispatch!(fn panel_range_dispatch => panel_range(x: &[f32], n: usize, w: &Packed
 /// `y[b, :] = x[b, :] Wᵀ` for `n` rows with packed weights. A row's result depends
 /// only on that row: generating a sequence alone or in any batch gives the same numbers.
 pub fn matmul_packed(x: &[f32], n: usize, w: &Packed, y: &mut [f32]) {
-    assert!(x.len() >= n * w.in_dim && y.len() >= n * w.out_dim);
+    matmul_packed_group(x, n, &mut [(w, y)]);
+}
+
+/// [`matmul_packed`] of the same rows `x` with `N` weight matrices (q/k/v, or gate/up)
+/// in one parallel region: fewer thread wake-ups per layer, and the narrow matrices
+/// share the threads with the wide ones.
+pub fn matmul_packed_group<const N: usize>(
+    x: &[f32],
+    n: usize,
+    products: &mut [(&Packed, &mut [f32]); N],
+) {
+    for (w, y) in products.iter() {
+        assert!(x.len() >= n * w.in_dim && y.len() >= n * w.out_dim);
+    }
     if n == 0 {
         return;
     }
-    let out = SharedOut(y.as_mut_ptr());
-    let panels = w.out_dim.div_ceil(LANES);
+    let outs: [(&Packed, SharedOut); N] =
+        std::array::from_fn(|m| (products[m].0, SharedOut(products[m].1.as_mut_ptr())));
     // About four tasks per thread, each a whole number of tiles of the width
     // `panel_range` uses for this many rows (3, 6 or 8 panels).
     let tile = if n >= 8 {
@@ -206,15 +219,25 @@ pub fn matmul_packed(x: &[f32], n: usize, w: &Packed, y: &mut [f32]) {
     } else {
         8
     };
+    let panels = outs.map(|(w, _)| w.out_dim.div_ceil(LANES));
     let per_task = panels
+        .iter()
+        .sum::<usize>()
         .div_ceil(4 * rayon::current_num_threads())
         .next_multiple_of(tile);
-    (0..panels.div_ceil(per_task))
+    let tasks = panels.map(|p| p.div_ceil(per_task));
+    (0..tasks.iter().sum::<usize>())
         .into_par_iter()
-        .for_each(|t| {
-            let (p0, p1) = (t * per_task, ((t + 1) * per_task).min(panels));
+        .for_each(|mut t| {
+            let mut m = 0;
+            while t >= tasks[m] {
+                t -= tasks[m];
+                m += 1;
+            }
+            let (p0, p1) = (t * per_task, ((t + 1) * per_task).min(panels[m]));
+            let (w, out) = outs[m];
             // SAFETY: rows and panels are in bounds (asserted); each task writes the
-            // columns of its own panels only.
+            // columns of its own panels of its own output only.
             unsafe { panel_range_dispatch(x, n, w, p0, p1, out) };
         });
 }
@@ -285,6 +308,74 @@ pub fn dots_strided_group(
     }
     // SAFETY: bounds are checked by slicing inside; group ≤ MAX_GROUP.
     unsafe { dots_strided_group_dispatch(qs, d, base, stride, offset, len, out) }
+}
+
+/// Probability-weighted sums of `len` rows of `base` for each of the `out.len() / d`
+/// probability rows in `probs` (`probs[j·len + t]`, at most [`MAX_GROUP`] rows):
+/// `out[j·d + c] = Σ_t probs[j·len + t] · base[t·stride + offset + c]`. Every output
+/// accumulates over `t` in order with fused multiply-adds in its own lane.
+///
+/// # Safety
+/// The CPU must support `V`'s instruction set; the bounds asserted by
+/// [`weighted_rows_group`] must hold.
+#[inline(always)]
+unsafe fn weighted_rows_group_impl<V: V16>(
+    probs: &[f32],
+    len: usize,
+    base: &[f32],
+    stride: usize,
+    offset: usize,
+    d: usize,
+    out: &mut [f32],
+) {
+    let group = out.len() / d;
+    let split = d - d % LANES;
+    // SAFETY: row `t` of `base` covers `offset..offset + d` and `probs` holds
+    // `group × len` values (asserted by the caller); chunks end at `split ≤ d`.
+    unsafe {
+        for c in (0..split).step_by(LANES) {
+            let mut acc = [V::zero(); MAX_GROUP];
+            for t in 0..len {
+                let x = V::load(base.as_ptr().add(t * stride + offset + c));
+                for (j, a) in acc.iter_mut().enumerate().take(group) {
+                    *a = a.fma(V::splat(*probs.get_unchecked(j * len + t)), x);
+                }
+            }
+            for (j, a) in acc.iter().enumerate().take(group) {
+                a.store(out.as_mut_ptr().add(j * d + c));
+            }
+        }
+    }
+    for j in 0..group {
+        for i in split..d {
+            out[j * d + i] = (0..len).fold(0f32, |s, t| {
+                probs[j * len + t].mul_add(base[t * stride + offset + i], s)
+            });
+        }
+    }
+}
+
+dispatch!(fn weighted_rows_group_dispatch => weighted_rows_group_impl(probs: &[f32], len: usize, base: &[f32], stride: usize, offset: usize, d: usize, out: &mut [f32]));
+
+/// Attention outputs over a KV cache: for each of the `out.len() / d` rows of
+/// probabilities in `probs` (`len` each, at most [`MAX_GROUP`] rows), the weighted sum
+/// of `len` value rows of `base` (`stride` apart, `d` floats from `offset`).
+pub fn weighted_rows_group(
+    probs: &[f32],
+    len: usize,
+    base: &[f32],
+    stride: usize,
+    offset: usize,
+    d: usize,
+    out: &mut [f32],
+) {
+    let group = out.len() / d;
+    assert!(group <= MAX_GROUP && out.len() == group * d && probs.len() >= group * len);
+    if len > 0 {
+        assert!(base.len() >= (len - 1) * stride + offset + d);
+    }
+    // SAFETY: bounds asserted above; group ≤ MAX_GROUP.
+    unsafe { weighted_rows_group_dispatch(probs, len, base, stride, offset, d, out) }
 }
 
 /// A read-only strided matrix view: element `(i, j)` is `data[i·rs + j·cs]`.
@@ -395,16 +486,35 @@ pub fn matmul_tn(x: &[f32], n: usize, w: &[f32], out_dim: usize, in_dim: usize, 
 /// Apply a dense layer to `n` rows: the packed row-independent kernel when `rowwise`,
 /// `gemm` otherwise.
 pub fn linear(x: &[f32], n: usize, lin: &Linear, y: &mut [f32], rowwise: bool) {
-    let o = lin.out_dim;
-    if rowwise {
-        matmul_packed(x, n, lin.packed(), y);
+    linear_group(x, n, [(lin, y)], rowwise);
+}
+
+/// Apply `N` dense layers to the same `n` rows (as [`linear`]); the packed kernel runs
+/// them in one parallel region.
+pub fn linear_group<const N: usize>(
+    x: &[f32],
+    n: usize,
+    layers: [(&Linear, &mut [f32]); N],
+    rowwise: bool,
+) {
+    let lins = layers.each_ref().map(|(lin, _)| *lin);
+    let ys = if rowwise {
+        let mut products = layers.map(|(lin, y)| (lin.packed(), y));
+        matmul_packed_group(x, n, &mut products);
+        products.map(|(_, y)| y)
     } else {
-        matmul_tn(x, n, &lin.w, o, lin.in_dim, y);
-    }
-    if let Some(b) = &lin.b {
-        for row in y[..n * o].chunks_exact_mut(o) {
-            for (v, &bb) in row.iter_mut().zip(b) {
-                *v += bb;
+        layers.map(|(lin, y)| {
+            matmul_tn(x, n, &lin.w, lin.out_dim, lin.in_dim, y);
+            y
+        })
+    };
+    for (lin, y) in lins.iter().zip(ys) {
+        if let Some(b) = &lin.b {
+            let o = lin.out_dim;
+            for row in y[..n * o].chunks_exact_mut(o) {
+                for (v, &bb) in row.iter_mut().zip(b) {
+                    *v += bb;
+                }
             }
         }
     }
@@ -496,6 +606,36 @@ mod tests {
         let mut alone = vec![0f32; 5];
         dots_strided_group(&x[k..2 * k], k, &w, k, 0, 5, &mut alone);
         assert_eq!(alone, fast_dots[5..10]);
+    }
+
+    #[test]
+    fn weighted_rows_match_naive_sums_on_every_path() {
+        // d = 37: two 16-lane chunks and a scalar tail; rows 50 floats apart from 6.
+        let (d, stride, offset, len, group) = (37usize, 50usize, 6usize, 9usize, 3usize);
+        let base = data(len * stride, 0.5);
+        let probs = data(group * len, 0.8);
+        let mut fast = vec![0f32; group * d];
+        weighted_rows_group(&probs, len, &base, stride, offset, d, &mut fast);
+        for j in 0..group {
+            for c in 0..d {
+                let want: f64 = (0..len)
+                    .map(|t| probs[j * len + t] as f64 * base[t * stride + offset + c] as f64)
+                    .sum();
+                assert!(
+                    (fast[j * d + c] as f64 - want).abs() < 1e-5,
+                    "row {j} col {c}"
+                );
+            }
+        }
+        let mut slow = vec![0f32; group * d];
+        // SAFETY: bounds as asserted by the public wrapper; scalar needs no CPU feature.
+        unsafe {
+            weighted_rows_group_impl::<Scalar>(&probs, len, &base, stride, offset, d, &mut slow)
+        };
+        assert_eq!(fast, slow);
+        let mut alone = vec![0f32; d];
+        weighted_rows_group(&probs[len..], len, &base, stride, offset, d, &mut alone);
+        assert_eq!(alone, fast[d..2 * d]);
     }
 
     #[test]

@@ -6,7 +6,9 @@ pub mod simd;
 
 use rayon::prelude::*;
 
-pub use matmul::{MatRef, Packed, dots_strided_group, linear, matmul, matmul_packed, matmul_tn};
+pub use matmul::{
+    MatRef, Packed, dots_strided_group, linear, linear_group, matmul, matmul_packed, matmul_tn,
+};
 
 /// `out[r] = x[r] / rms(x[r]) * w` for each row of width `w.len()`.
 pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -221,16 +223,7 @@ pub fn attend(
         }
         softmax(row);
     }
-    out[..group * d].fill(0.0);
-    for t in 0..len {
-        let vr = &v[t * stride + offset..t * stride + offset + d];
-        for j in 0..group {
-            let p = scores[j * len + t];
-            for (o, &x) in out[j * d..(j + 1) * d].iter_mut().zip(vr) {
-                *o += p * x;
-            }
-        }
-    }
+    matmul::weighted_rows_group(scores, len, v, stride, offset, d, &mut out[..group * d]);
 }
 
 /// Causal attention of one head for `n` consecutive query rows at positions

@@ -201,9 +201,16 @@ impl Model {
                 &mut ws.k[..n * kvd],
                 &mut ws.v[..n * kvd],
             );
-            kernels::linear(xn, n, layer.get(Proj::Q), q, rowwise);
-            kernels::linear(xn, n, layer.get(Proj::K), k, rowwise);
-            kernels::linear(xn, n, layer.get(Proj::V), v, rowwise);
+            kernels::linear_group(
+                xn,
+                n,
+                [
+                    (layer.get(Proj::Q), &mut *q),
+                    (layer.get(Proj::K), &mut *k),
+                    (layer.get(Proj::V), &mut *v),
+                ],
+                rowwise,
+            );
             let rows = &ws.rows;
             q.par_chunks_mut(qd)
                 .zip(k.par_chunks_mut(kvd))
@@ -295,8 +302,15 @@ impl Model {
             add(x, tmp);
             kernels::rmsnorm(x, &layer.ffn_norm, c.rms_eps, tmp);
             let (gate, up) = (&mut ws.gate[..n * c.ffn], &mut ws.up[..n * c.ffn]);
-            kernels::linear(tmp, n, layer.get(Proj::Gate), gate, rowwise);
-            kernels::linear(tmp, n, layer.get(Proj::Up), up, rowwise);
+            kernels::linear_group(
+                tmp,
+                n,
+                [
+                    (layer.get(Proj::Gate), &mut *gate),
+                    (layer.get(Proj::Up), &mut *up),
+                ],
+                rowwise,
+            );
             kernels::swiglu(gate, up);
             kernels::linear(gate, n, layer.get(Proj::Down), tmp, rowwise);
             add(x, tmp);
