@@ -248,6 +248,34 @@ fn check_against_finite_differences(dropout: Option<pass::Dropout>) {
 }
 
 #[test]
+fn lm_head_chunking_changes_no_result() {
+    // 14 label rows: in chunks of 3 (the last one short) and in one chunk.
+    let (m, a) = tiny_setup();
+    let (s1, s2) = tiny_seqs();
+    let batch = tiny_batch(&s1, &s2);
+    let grads_of = |chunk: usize| {
+        let (lp, tape) = pass::forward_with_head_chunk(&m, &a, &batch, None, chunk).unwrap();
+        let mut g = pass::zero_grads(&a);
+        pass::backward(&m, &a, tape, &[-0.7, 0.3], &mut g).unwrap();
+        (lp, g)
+    };
+    let (lp_small, g_small) = grads_of(3);
+    let (lp_whole, g_whole) = grads_of(256);
+    assert_eq!(lp_small.counts, lp_whole.counts);
+    for (x, y) in lp_small.sums.iter().zip(&lp_whole.sums) {
+        assert!((x - y).abs() <= 1e-5 * y.abs(), "{x} vs {y}");
+    }
+    for ((l, p, x), (_, _, y)) in g_small.iter().zip(g_whole.iter()) {
+        for (u, v) in [(&x.a, &y.a), (&x.b, &y.b)] {
+            let scale = norm(v);
+            assert!(scale > 0.0);
+            let diff: Vec<f32> = u.iter().zip(v.iter()).map(|(s, t)| s - t).collect();
+            assert!(norm(&diff) <= 1e-5 * scale, "layer {l} {}", p.hf_name());
+        }
+    }
+}
+
+#[test]
 fn backward_matches_finite_differences_on_every_projection() {
     check_against_finite_differences(None);
 }
