@@ -168,24 +168,46 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
         });
 }
 
+/// Lanes of the reductions below: partial results over interleaved elements, combined
+/// at the end in a fixed order, so the loops vectorize and the result is reproducible.
+const REDUCE_LANES: usize = 8;
+
+/// Fold `f(x[i])` into `REDUCE_LANES` partial results with `op`, then combine them.
+#[inline(always)]
+fn reduce<T: Copy>(x: &[f32], init: T, f: impl Fn(f32) -> T, op: impl Fn(T, T) -> T) -> T {
+    let mut lanes = [init; REDUCE_LANES];
+    let chunks = x.chunks_exact(REDUCE_LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = op(*l, f(v));
+        }
+    }
+    let head = lanes.into_iter().fold(init, &op);
+    tail.iter().fold(head, |a, &v| op(a, f(v)))
+}
+
+fn max_of(x: &[f32]) -> f32 {
+    reduce(x, f32::NEG_INFINITY, |v| v, f32::max)
+}
+
 /// In-place softmax of `x`.
 pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = max_of(x);
     for v in x.iter_mut() {
         *v = exp(*v - max);
     }
-    let sum: f32 = x.iter().sum();
-    let inv = 1.0 / sum;
+    let inv = 1.0 / reduce(x, 0f32, |v| v, |a, b| a + b);
     for v in x.iter_mut() {
         *v *= inv;
     }
 }
 
-/// `log Σ exp(x)`, computed stably in f64.
+/// `log Σ exp(x)`, stably: exponentials of `x − max` with [`exp`], summed in f64.
 pub fn log_sum_exp(x: &[f32]) -> f64 {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let s: f64 = x.iter().map(|&v| (v as f64 - max).exp()).sum();
-    max + s.ln()
+    let max = max_of(x);
+    let s = reduce(x, 0f64, |v| exp(v - max) as f64, |a, b| a + b);
+    max as f64 + s.ln()
 }
 
 /// Causal attention of one query token's heads that share one KV head (GQA group)
@@ -356,9 +378,23 @@ mod tests {
         let mut x = [1.0f32, 2.0, 3.0];
         let lse = log_sum_exp(&x);
         let expect = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
-        assert!((lse - expect).abs() < 1e-9);
+        // The f32 exponential's relative error (< 5e-7) bounds the error of the sum.
+        assert!((lse - expect).abs() < 1e-6);
         softmax(&mut x);
         assert!((x[2] as f64 - (3.0 - expect).exp()).abs() < 1e-6);
+        // A vocabulary-sized row (lanes and a tail), its maximum in the tail.
+        let mut row: Vec<f32> = (0..49155)
+            .map(|i| 12.0 * (i as f32 * 0.013).sin())
+            .collect();
+        row[49154] = 13.5;
+        let max = 13.5f64;
+        let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+        let expect = max + sum.ln();
+        assert!((log_sum_exp(&row) - expect).abs() < 1e-6);
+        softmax(&mut row);
+        let total: f64 = row.iter().map(|&v| v as f64).sum();
+        assert!((total - 1.0).abs() < 1e-5);
+        assert!((row[49154] as f64 - (max - expect).exp()).abs() < 1e-6);
     }
 
     #[test]
