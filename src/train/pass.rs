@@ -676,8 +676,12 @@ fn run(
     } else {
         Vec::new()
     };
+    // One logits buffer for every chunk: a fresh one per chunk (50 MB at 256 rows) is
+    // a fresh mapping from the kernel each time, page faults and zeroing included.
+    let mut logits_buf = vec![0f32; head_chunk.min(labels.len()) * c.vocab];
     for (ci, chunk) in labels.chunks(head_chunk).enumerate() {
-        let mut logits = head_logits(model, &x, chunk);
+        let logits = &mut logits_buf[..chunk.len() * c.vocab];
+        head_logits(model, &x, chunk, logits);
         let lps: Vec<f64> = chunk
             .par_iter()
             .zip(logits.par_chunks_exact_mut(c.vocab))
@@ -701,7 +705,7 @@ fn run(
             let at = ci * head_chunk * d;
             matmul(
                 &mut head_grads[at..at + chunk.len() * d],
-                MatRef::new(&logits, chunk.len(), c.vocab),
+                MatRef::new(logits, chunk.len(), c.vocab),
                 MatRef::new(model.weights.lm_head(), c.vocab, d),
                 1.0,
                 false,
@@ -724,8 +728,9 @@ fn run(
     Ok((lp, Some(tape)))
 }
 
-/// Logits (`rows × vocab`) of the final-normed hidden states of `rows`.
-fn head_logits(model: &Model, x: &[f32], rows: &[(usize, u32)]) -> Vec<f32> {
+/// Logits (`rows × vocab`, written over `logits`) of the final-normed hidden states of
+/// `rows`.
+fn head_logits(model: &Model, x: &[f32], rows: &[(usize, u32)], logits: &mut [f32]) {
     let c = &model.config;
     let d = c.hidden;
     let mut xn = vec![0f32; rows.len() * d];
@@ -737,16 +742,7 @@ fn head_logits(model: &Model, x: &[f32], rows: &[(usize, u32)]) -> Vec<f32> {
             &mut xn[i * d..(i + 1) * d],
         );
     }
-    let mut logits = vec![0f32; rows.len() * c.vocab];
-    kernels::matmul_tn(
-        &xn,
-        rows.len(),
-        model.weights.lm_head(),
-        c.vocab,
-        d,
-        &mut logits,
-    );
-    logits
+    kernels::matmul_tn(&xn, rows.len(), model.weights.lm_head(), c.vocab, d, logits);
 }
 
 /// Backward of a loss `L(sums)` given `dsum[i] = ∂L/∂sums[i]`: accumulates `∂L/∂A`,
