@@ -411,6 +411,20 @@ impl<'a> MatRef<'a> {
         }
     }
 
+    /// The `rows × cols` block whose top-left element is `(r0, c0)` (no copy).
+    pub fn block(self, r0: usize, rows: usize, c0: usize, cols: usize) -> MatRef<'a> {
+        assert!(
+            r0 + rows <= self.rows && c0 + cols <= self.cols,
+            "block outside the matrix"
+        );
+        MatRef {
+            data: &self.data[r0 * self.rs + c0 * self.cs..],
+            rows,
+            cols,
+            ..self
+        }
+    }
+
     fn check(&self) {
         if self.rows > 0 && self.cols > 0 {
             let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
@@ -420,11 +434,26 @@ impl<'a> MatRef<'a> {
 }
 
 /// `dst = scale · a · b` (or `dst += scale · a · b` when `accumulate`), `dst` row-major
-/// `a.rows × b.cols`, with `gemm`.
+/// `a.rows × b.cols`, with `gemm` on all threads.
 pub fn matmul(dst: &mut [f32], a: MatRef, b: MatRef, scale: f32, accumulate: bool) {
+    matmul_into(dst, b.cols, a, b, scale, accumulate, true);
+}
+
+/// As [`matmul`], with `dst`'s rows `dst_rs` apart; `parallel: false` keeps the product
+/// on the calling thread (for small products inside an already parallel loop, where
+/// splitting each one again costs more than it gains).
+pub fn matmul_into(
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: MatRef,
+    b: MatRef,
+    scale: f32,
+    accumulate: bool,
+    parallel: bool,
+) {
     assert_eq!(a.cols, b.rows, "inner dimensions differ");
     let (m, n, k) = (a.rows, b.cols, a.cols);
-    assert!(dst.len() >= m * n);
+    assert!(dst_rs >= n && (m == 0 || dst.len() >= (m - 1) * dst_rs + n));
     a.check();
     b.check();
     if m == 0 || n == 0 {
@@ -432,17 +461,20 @@ pub fn matmul(dst: &mut [f32], a: MatRef, b: MatRef, scale: f32, accumulate: boo
     }
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            for row in dst.chunks_mut(dst_rs).take(m) {
+                row[..n].fill(0.0);
+            }
         }
         return;
     }
     let threads = rayon::current_num_threads();
-    let par = if threads > 1 && m * n * k > 1 << 16 {
+    let par = if parallel && threads > 1 && m * n * k > 1 << 16 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the views were bounds-checked above and dst holds m×n elements.
+    // SAFETY: the views were bounds-checked above and dst holds m rows of n elements,
+    // dst_rs apart.
     unsafe {
         gemm::gemm(
             m,
@@ -450,7 +482,7 @@ pub fn matmul(dst: &mut [f32], a: MatRef, b: MatRef, scale: f32, accumulate: boo
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             a.data.as_ptr(),
             a.cs as isize,

@@ -7,7 +7,8 @@ pub mod simd;
 use rayon::prelude::*;
 
 pub use matmul::{
-    MatRef, Packed, dots_strided_group, linear, linear_group, matmul, matmul_packed, matmul_tn,
+    MatRef, Packed, dots_strided_group, linear, linear_group, matmul, matmul_into, matmul_packed,
+    matmul_tn,
 };
 
 /// `out[r] = x[r] / rms(x[r]) * w` for each row of width `w.len()`.

@@ -9,7 +9,7 @@
 //! each label's log-prob with respect to the hidden state is taken in the same pass,
 //! so no `[tokens × vocab]` tensor exists.
 
-use crate::kernels::{self, MatRef, matmul};
+use crate::kernels::{self, MatRef, matmul, matmul_into};
 use crate::model::Model;
 use crate::model::lora::{Adapter, LoraPair};
 use crate::model::weights::{Layer, Proj};
@@ -206,11 +206,62 @@ fn proj_backward(
     }
 }
 
+/// Query rows per block of the causal attention products: block `(r0, rows)` only meets
+/// the first `r0 + rows` keys, so the products skip most of the zero upper triangle.
+const CAUSAL_BLOCK: usize = 64;
+
+/// `(r0, rows)` of each block of [`CAUSAL_BLOCK`] query rows of a `len`-token sequence.
+fn causal_blocks(len: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..len)
+        .step_by(CAUSAL_BLOCK)
+        .map(move |r0| (r0, CAUSAL_BLOCK.min(len - r0)))
+}
+
+/// `dst (+)= scale · a · b` for a causal `a` (`len × len`, zero above the diagonal), one
+/// block of rows at a time and only over the keys the block sees; `dst` row-major
+/// `len × b.cols`. Runs on the calling thread (callers loop over heads in parallel).
+pub(super) fn causal_times(dst: &mut [f32], a: MatRef, b: MatRef, scale: f32, accumulate: bool) {
+    let w = b.cols;
+    for (r0, rows) in causal_blocks(a.rows) {
+        let keys = r0 + rows;
+        let (ab, bb) = (a.block(r0, rows, 0, keys), b.block(0, keys, 0, w));
+        matmul_into(&mut dst[r0 * w..], w, ab, bb, scale, accumulate, false);
+    }
+}
+
+/// `dst (+)= scale · aᵀ · b` for a causal `a` as in [`causal_times`]: block `(r0, rows)`
+/// of `a`'s rows adds to the first `r0 + rows` rows of `dst` (`len × b.cols`).
+pub(super) fn causal_t_times(dst: &mut [f32], a: MatRef, b: MatRef, scale: f32, accumulate: bool) {
+    let w = b.cols;
+    if !accumulate {
+        dst[..a.rows * w].fill(0.0);
+    }
+    for (r0, rows) in causal_blocks(a.rows) {
+        let keys = r0 + rows;
+        let (ab, bb) = (a.block(r0, rows, 0, keys).t(), b.block(r0, rows, 0, w));
+        matmul_into(dst, w, ab, bb, scale, true, false);
+    }
+}
+
+/// `scale · q kᵀ` on and below the diagonal (`len × len`, rows `len` apart, the entries
+/// above the diagonal left as they are), one block of query rows at a time.
+pub(super) fn causal_scores(dst: &mut [f32], q: MatRef, k: MatRef, scale: f32) {
+    let len = q.rows;
+    for (r0, rows) in causal_blocks(len) {
+        let keys = r0 + rows;
+        let (qb, kb) = (
+            q.block(r0, rows, 0, q.cols),
+            k.block(0, keys, 0, k.cols).t(),
+        );
+        matmul_into(&mut dst[r0 * len..], len, qb, kb, scale, false, false);
+    }
+}
+
 /// Causal softmax of `q kᵀ · scale` (`len × len`, zero above the diagonal).
 fn attention_probs(q: MatRef, k: MatRef, scale: f32) -> Vec<f32> {
     let len = q.rows;
     let mut p = vec![0f32; len * len];
-    matmul(&mut p, q, k.t(), scale, false);
+    causal_scores(&mut p, q, k, scale);
     for (t, row) in p.chunks_exact_mut(len).enumerate() {
         kernels::softmax(&mut row[..=t]);
         row[t + 1..].fill(0.0);
@@ -352,7 +403,7 @@ impl Ctx<'_> {
                 let vv = head_view(&v, r0, len, kvd, g * hd, hd);
                 let p = attention_probs(qv, kv, att_scale);
                 let mut o = vec![0f32; len * hd];
-                matmul(&mut o, MatRef::new(&p, len, len), vv, 1.0, false);
+                causal_times(&mut o, MatRef::new(&p, len, len), vv, 1.0, false);
                 (p, o)
             })
             .collect();
@@ -508,22 +559,26 @@ impl Ctx<'_> {
                     let pm = MatRef::new(p, len, len);
                     let dov = head_view(&datt, r0, len, qd, h * hd, hd);
                     let qv = head_view(&a.q, r0, len, qd, h * hd, hd);
-                    matmul(&mut dv, pm.t(), dov, 1.0, true);
+                    causal_t_times(&mut dv, pm, dov, 1.0, true);
                     let mut dp = vec![0f32; len * len];
-                    matmul(&mut dp, dov, vv.t(), 1.0, false);
+                    causal_scores(&mut dp, dov, vv, 1.0);
                     for (t, (dr, pr)) in dp
                         .chunks_exact_mut(len)
                         .zip(p.chunks_exact(len))
                         .enumerate()
                     {
-                        let dot: f32 = dr[..=t].iter().zip(&pr[..=t]).map(|(x, y)| x * y).sum();
+                        let (dr, above) = dr.split_at_mut(t + 1);
+                        let pr = &pr[..=t];
+                        let dot: f32 = dr.iter().zip(pr).map(|(x, y)| x * y).sum();
                         for (dv_, &pv) in dr.iter_mut().zip(pr) {
                             *dv_ = pv * (*dv_ - dot);
                         }
+                        above.fill(0.0);
                     }
+                    let dpm = MatRef::new(&dp, len, len);
                     let mut dq = vec![0f32; len * hd];
-                    matmul(&mut dq, MatRef::new(&dp, len, len), kv, att_scale, false);
-                    matmul(&mut dk, MatRef::new(&dp, len, len).t(), qv, att_scale, true);
+                    causal_times(&mut dq, dpm, kv, att_scale, false);
+                    causal_t_times(&mut dk, dpm, qv, att_scale, true);
                     dqs.push((h, dq));
                 }
                 (dqs, dk, dv)

@@ -410,3 +410,88 @@ fn sft_lowers_the_loss_and_raises_demo_likelihood() {
     assert!(last < first - 0.3, "loss {first} → {last}");
     assert!(after > before + 0.3, "log-prob {before} → {after}");
 }
+
+/// Products with a causal matrix, block by block over 64-row query blocks, against the
+/// full products, for a length that ends in a short block.
+#[test]
+fn causal_block_products_equal_full_products() {
+    use crate::kernels::{MatRef, matmul};
+    let (len, w) = (150, 8);
+    let val = |i: usize, salt: f32| ((i as f32) * 0.731 + salt).sin();
+    let mut a: Vec<f32> = (0..len * len).map(|i| val(i, 0.2)).collect();
+    for (t, row) in a.chunks_exact_mut(len).enumerate() {
+        row[t + 1..].fill(0.0);
+    }
+    let b: Vec<f32> = (0..len * w).map(|i| val(i, 1.1)).collect();
+    let (am, bm) = (MatRef::new(&a, len, len), MatRef::new(&b, len, w));
+    let close = |x: &[f32], y: &[f32], what: &str| {
+        for (i, (u, v)) in x.iter().zip(y).enumerate() {
+            assert!(
+                (u - v).abs() <= 1e-4 * (1.0 + v.abs()),
+                "{what}[{i}]: {u} vs {v}"
+            );
+        }
+    };
+    let start: Vec<f32> = (0..len * w).map(|i| val(i, 2.7)).collect();
+    for accumulate in [false, true] {
+        let (mut blocked, mut full) = (start.clone(), start.clone());
+        pass::causal_times(&mut blocked, am, bm, 0.5, accumulate);
+        matmul(&mut full, am, bm, 0.5, accumulate);
+        close(&blocked, &full, "a·b");
+        let (mut blocked, mut full) = (start.clone(), start.clone());
+        pass::causal_t_times(&mut blocked, am, bm, 0.5, accumulate);
+        matmul(&mut full, am.t(), bm, 0.5, accumulate);
+        close(&blocked, &full, "aᵀ·b");
+    }
+    // Scores: on and below the diagonal equal to the full product, above it untouched.
+    let q: Vec<f32> = (0..len * w).map(|i| val(i, 0.4)).collect();
+    let qm = MatRef::new(&q, len, w);
+    let mut scores = vec![7.0f32; len * len];
+    pass::causal_scores(&mut scores, qm, bm, 0.25);
+    let mut full = vec![0f32; len * len];
+    matmul(&mut full, qm, bm.t(), 0.25, false);
+    for t in 0..len {
+        let (s, f) = (
+            &scores[t * len..(t + 1) * len],
+            &full[t * len..(t + 1) * len],
+        );
+        close(&s[..=t], &f[..=t], "q·kᵀ");
+        let block_end = (t / 64 + 1) * 64;
+        assert!(
+            s[block_end.min(len)..].iter().all(|&x| x == 7.0),
+            "row {t} written past its block"
+        );
+    }
+}
+
+/// A sequence longer than one causal block: the training pass's log-probs equal the
+/// runtime's forward (its own attention) with an all-zero adapter.
+#[test]
+fn training_pass_matches_runtime_over_several_causal_blocks() {
+    let m = crate::model::tiny::model();
+    let cfg = LoraConfig {
+        r: 2,
+        alpha: 4.0,
+        dropout: 0.0,
+        targets: vec![Proj::Q, Proj::V],
+    };
+    let fresh = Adapter::init(cfg, &m.config, 3).unwrap();
+    let ids: Vec<u32> = (0..150).map(|i| 3 + (i * 41 % 200) as u32).collect();
+    let runtime: f64 = m.next_token_logprobs(&ids).unwrap()[9..].iter().sum();
+    let (lp, _) = pass::forward(
+        &m,
+        &fresh,
+        &[Example {
+            ids: &ids,
+            label_from: 10,
+        }],
+        None,
+    )
+    .unwrap();
+    assert_eq!(lp.counts, vec![140]);
+    assert!(
+        (lp.sums[0] - runtime).abs() < 1e-3,
+        "{} vs {runtime}",
+        lp.sums[0]
+    );
+}
