@@ -135,7 +135,7 @@ pub fn build(title: &str, methods: &[&str], authors: &[AuthorReport], judge: Val
     }
     let _ = writeln!(
         md,
-        "\nNLL per token of the authors' held-out test texts (lower is better; – where the method has no single model).\n"
+        "\nNLL per token of the authors' held-out texts of the prompts' split (lower is better; – where the method has no single model).\n"
     );
     let _ = writeln!(md, "| method |{header} mean |");
     let _ = writeln!(md, "|---|{}---|", "---|".repeat(authors.len()));

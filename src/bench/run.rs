@@ -93,7 +93,8 @@ pub struct Output {
     pub tokens: usize,
 }
 
-/// Per-token negative log-likelihood of the author's held-out test texts.
+/// Per-token negative log-likelihood of the author's held-out texts (test, or validation
+/// when tuning).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Nll {
     pub per_token: f64,
@@ -369,7 +370,7 @@ impl Runner<'_> {
         }
     }
 
-    /// Per-token NLL of the author's test texts (the whole texts) under `adapter`.
+    /// Per-token NLL of the author's held-out texts (the whole texts) under `adapter`.
     fn nll(&self, p: &Prepared, adapter: &Adapter) -> Result<Option<Nll>> {
         let seqs = p
             .split

@@ -205,12 +205,17 @@ pub fn run(g: &Globals, a: BenchArgs) -> Result<()> {
     judge_info["stats"] = judge.stats();
     let names: Vec<&str> = methods.iter().map(|m| m.name()).collect();
     let title = format!(
-        "{} — {} authors",
+        "{} — {} authors, {} prompts",
         a.data
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        splits.len()
+        splits.len(),
+        if a.tune {
+            "validation (--tune)"
+        } else {
+            "test"
+        }
     );
     let rep = report::build(&title, &names, &authors, judge_info);
     rep.write(&dir)?;
