@@ -288,6 +288,17 @@ unsafe fn dots_strided_group_impl<V: V16>(
     }
 }
 
+/// `base` holds `len` rows `stride` apart, each with `d` floats from `offset`.
+fn assert_rows_fit(base: &[f32], len: usize, stride: usize, offset: usize, d: usize) {
+    if len > 0 {
+        assert!(
+            base.len() >= (len - 1) * stride + offset + d,
+            "{len} rows of {d} at stride {stride} (offset {offset}) exceed {} floats",
+            base.len()
+        );
+    }
+}
+
 dispatch!(fn dots_strided_group_dispatch => dots_strided_group_impl(qs: &[f32], d: usize, base: &[f32], stride: usize, offset: usize, len: usize, out: &mut [f32]));
 
 /// Scores of several query vectors (`qs`, `d` floats each, at most [`MAX_GROUP`])
@@ -303,9 +314,7 @@ pub fn dots_strided_group(
 ) {
     let group = qs.len() / d;
     assert!(group <= MAX_GROUP && qs.len() == group * d && out.len() >= group * len);
-    if len > 0 {
-        assert!(base.len() >= (len - 1) * stride + offset + d);
-    }
+    assert_rows_fit(base, len, stride, offset, d);
     // SAFETY: bounds are checked by slicing inside; group ≤ MAX_GROUP.
     unsafe { dots_strided_group_dispatch(qs, d, base, stride, offset, len, out) }
 }
@@ -371,9 +380,7 @@ pub fn weighted_rows_group(
 ) {
     let group = out.len() / d;
     assert!(group <= MAX_GROUP && out.len() == group * d && probs.len() >= group * len);
-    if len > 0 {
-        assert!(base.len() >= (len - 1) * stride + offset + d);
-    }
+    assert_rows_fit(base, len, stride, offset, d);
     // SAFETY: bounds asserted above; group ≤ MAX_GROUP.
     unsafe { weighted_rows_group_dispatch(probs, len, base, stride, offset, d, out) }
 }

@@ -143,6 +143,16 @@ fn lora_loss_and_gradients_match_peft() {
     }
 }
 
+/// Rank `r`, α = 2r, on q and v, no dropout.
+fn qv_lora(r: usize) -> LoraConfig {
+    LoraConfig {
+        r,
+        alpha: 2.0 * r as f32,
+        dropout: 0.0,
+        targets: vec![Proj::Q, Proj::V],
+    }
+}
+
 /// A tiny model's adapter on all seven projections with non-zero A and B.
 fn tiny_setup() -> (crate::model::Model, Adapter) {
     let m = crate::model::tiny::model();
@@ -292,13 +302,7 @@ fn fresh_adapter_equals_base_model_and_merged_equals_unmerged() {
     let base_lp: f64 = m.next_token_logprobs(&gold.ids).unwrap()[gold.response_start - 1..]
         .iter()
         .sum();
-    let cfg = LoraConfig {
-        r: 8,
-        alpha: 16.0,
-        dropout: 0.0,
-        targets: vec![Proj::Q, Proj::V],
-    };
-    let fresh = Adapter::init(cfg, &m.config, 1).unwrap();
+    let fresh = Adapter::init(qv_lora(8), &m.config, 1).unwrap();
     let batch = [Example {
         ids: &gold.ids,
         label_from: gold.response_start,
@@ -469,13 +473,7 @@ fn causal_block_products_equal_full_products() {
 #[test]
 fn training_pass_matches_runtime_over_several_causal_blocks() {
     let m = crate::model::tiny::model();
-    let cfg = LoraConfig {
-        r: 2,
-        alpha: 4.0,
-        dropout: 0.0,
-        targets: vec![Proj::Q, Proj::V],
-    };
-    let fresh = Adapter::init(cfg, &m.config, 3).unwrap();
+    let fresh = Adapter::init(qv_lora(2), &m.config, 3).unwrap();
     let ids: Vec<u32> = (0..150).map(|i| 3 + (i * 41 % 200) as u32).collect();
     let runtime: f64 = m.next_token_logprobs(&ids).unwrap()[9..].iter().sum();
     let (lp, _) = pass::forward(
